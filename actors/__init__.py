@@ -1,0 +1,16 @@
+"""jobkit's jobs. ``import actors`` is all app code needs before ``some_job.send(...)``.
+
+The broker (from ``JOBKIT_BROKER_URL``, embedded by default) and its whole
+middleware stack are set up first, because Dramatiq binds actors to the
+global broker and checks their options when they are declared. Then each job
+family's module is imported. ``dramatiq actors`` loads the same package.
+"""
+
+from brokers import setup_broker
+
+broker = setup_broker()
+
+from actors import basics, demo  # noqa: E402 - the broker must exist first
+from actors.basics import ping, sleep_ms  # noqa: E402
+
+__all__ = ["basics", "broker", "demo", "ping", "sleep_ms"]

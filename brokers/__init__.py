@@ -1,0 +1,110 @@
+"""One way to get jobkit's Dramatiq broker: ``JOBKIT_BROKER_URL`` -> broker + middleware.
+
+Every entry point (app code via ``import actors``, ``dramatiq actors``,
+``periodiq actors``, the ``jobkit`` CLI, tests, benchmarks) goes through
+:func:`build_broker` or :func:`setup_broker`, so each gets the same broker
+kind and the same middleware stack.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+import dramatiq
+from dramatiq import Broker
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.redis import RedisBroker
+
+from middleware import build_stack
+
+from . import embedded
+from .errors import BrokerConfigError, BrokerUnavailable, EmbeddedServerError, JobkitError
+from .rabbitmq import build_rabbitmq_broker, check_rabbitmq, rabbitmq_queue_depths
+from .redis import build_redis_broker, check_redis, redis_queue_depths
+from .stats import QueueDepth
+from .urls import BROKER_URL_ENV, BrokerSpec, mask_url, parse_broker_url, spec_from_env
+
+__all__ = [
+    "BROKER_URL_ENV",
+    "BrokerConfigError",
+    "BrokerSpec",
+    "BrokerUnavailable",
+    "EmbeddedServerError",
+    "JobkitError",
+    "QueueDepth",
+    "build_broker",
+    "check_broker",
+    "mask_url",
+    "parse_broker_url",
+    "queue_depths",
+    "setup_broker",
+    "spec_of",
+]
+
+_specs: weakref.WeakKeyDictionary[Broker, BrokerSpec] = weakref.WeakKeyDictionary()
+_global_lock = threading.Lock()
+_global_broker: Broker | None = None
+
+
+def build_broker(url: str | None = None, *, spec: BrokerSpec | None = None) -> Broker:
+    """Build a broker with jobkit's full middleware stack.
+
+    ``url`` defaults to ``$JOBKIT_BROKER_URL``; unset means the embedded
+    server, which is started here if no process has started it yet. The
+    broker itself connects lazily (except the embedded server's start).
+    """
+    if spec is None:
+        spec = parse_broker_url(url) if url is not None else spec_from_env()
+    stack = build_stack()
+    if spec.kind == "rabbitmq":
+        broker: Broker = build_rabbitmq_broker(spec.url, stack)
+    elif spec.kind == "redis":
+        broker = build_redis_broker(spec.url, stack)
+    else:
+        assert spec.home is not None
+        paths = embedded.ensure_server(spec.home)
+        broker = build_redis_broker(paths.url, stack)
+    _specs[broker] = spec
+    return broker
+
+
+def setup_broker() -> Broker:
+    """Build the broker from the environment once per process and make it Dramatiq's global.
+
+    ``import actors`` calls this before declaring any actor.
+    """
+    global _global_broker
+    with _global_lock:
+        if _global_broker is None:
+            _global_broker = build_broker()
+            dramatiq.set_broker(_global_broker)
+        return _global_broker
+
+
+def spec_of(broker: Broker) -> BrokerSpec:
+    """The spec a broker was built from (raises ``KeyError`` for brokers not built here)."""
+    return _specs[broker]
+
+
+def check_broker(broker: Broker) -> None:
+    """Raise a one-line :class:`BrokerUnavailable` unless ``broker`` answers."""
+    spec = _specs.get(broker)
+    if isinstance(broker, RedisBroker):
+        check_redis(broker, spec.display_url if spec else "the configured Redis")
+    elif isinstance(broker, RabbitmqBroker):
+        check_rabbitmq(spec_of(broker).url)
+
+
+def queue_depths(broker: Broker, queues: set[str] | None = None) -> list[QueueDepth]:
+    """Ready / delayed / dead-lettered (and, where known, in-flight) counts per queue.
+
+    Covers the queues declared on ``broker`` plus ``queues``; on Redis also
+    every queue found in the broker's namespace.
+    """
+    names = set(broker.get_declared_queues()) | set(queues or ())
+    if isinstance(broker, RedisBroker):
+        return redis_queue_depths(broker, names)
+    if isinstance(broker, RabbitmqBroker):
+        return rabbitmq_queue_depths(spec_of(broker).url, names)
+    raise BrokerConfigError(f"queue depths are not supported on {type(broker).__name__}")

@@ -1,0 +1,73 @@
+"""The ``jobkit`` command: ``jobkit --help`` lists the subcommands, each has its own ``--help``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import pika.exceptions
+import redis
+
+from ..errors import JobkitError
+from ..urls import BROKER_URL_ENV, HOME_ENV
+from . import demo, embedded, queues, send
+
+COMMANDS = (demo, queues, send, embedded)
+
+EPILOG = f"""\
+environment:
+  {BROKER_URL_ENV}   broker to use: redis://, rediss://, unix://, amqp://, amqps://,
+                      embedded://[DIR]; unset = embedded Valkey server under $JOBKIT_HOME
+  {HOME_ENV}          data directory of the embedded server (default: ./.jobkit)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobkit",
+        description="Background jobs on Dramatiq: run the demo, inspect queues, send jobs, "
+        "manage the embedded broker.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show full tracebacks on errors"
+    )
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.add_parser(subcommands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("jobkit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if args.verbose:
+            raise
+        print(f"jobkit: error: {one_line(error)}", file=sys.stderr)
+        return 1
+
+
+def one_line(error: BaseException) -> str:
+    """A single line for ``error``; broker errors get what-where-how wording."""
+    if isinstance(error, JobkitError):
+        return str(error)
+    if isinstance(error, redis.RedisError | pika.exceptions.AMQPError):
+        text = (str(error).strip() or type(error).__name__).splitlines()[0]
+        return (
+            f"broker error ({type(error).__name__}): {text}; check that the broker in "
+            f"{BROKER_URL_ENV} is running (rerun with --verbose for details)"
+        )
+    text = (str(error).strip() or type(error).__name__).splitlines()[0]
+    return f"{type(error).__name__}: {text} (rerun with --verbose for the traceback)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""``jobkit queues``: ready / delayed / in-flight / dead-lettered counts per queue."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import check_broker, queue_depths, spec_of
+from .output import print_json, print_table
+
+
+def add_parser(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser(
+        "queues",
+        help="message counts per queue on the configured broker",
+        description="For every queue (those declared by the actors package, those given with "
+        "--queue, and on Redis/embedded every queue found in the broker), print ready, "
+        "delayed, in-flight (Redis/embedded only) and dead-lettered counts.",
+    )
+    parser.add_argument(
+        "--queue",
+        "-q",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also report this queue (repeatable); needed on RabbitMQ for queues no actor declares",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import actors
+
+    check_broker(actors.broker)
+    depths = queue_depths(actors.broker, set(args.queue))
+    if args.json:
+        print_json(
+            {
+                "broker": spec_of(actors.broker).display_url,
+                "queues": [depth.as_dict() for depth in depths],
+            }
+        )
+        return 0
+    print_table(
+        f"queues on {spec_of(actors.broker).display_url}",
+        ("queue", "ready", "delayed", "in flight", "dead-lettered"),
+        [(d.queue, d.ready, d.delayed, d.in_flight, d.dead_lettered) for d in depths],
+    )
+    return 0

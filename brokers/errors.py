@@ -1,0 +1,17 @@
+"""Errors that jobkit shows to users as one line (no traceback unless ``--verbose``)."""
+
+
+class JobkitError(Exception):
+    """Base class: ``str(error)`` is a complete one-line explanation with a fix."""
+
+
+class BrokerConfigError(JobkitError, ValueError):
+    """The broker configuration (usually ``JOBKIT_BROKER_URL``) cannot be used."""
+
+
+class BrokerUnavailable(JobkitError, ConnectionError):
+    """The configured broker did not answer, or refused our credentials."""
+
+
+class EmbeddedServerError(JobkitError, RuntimeError):
+    """The embedded Valkey server could not be started, reached or stopped."""

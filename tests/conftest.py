@@ -1,0 +1,117 @@
+"""Broker fixtures: a fresh, flushed broker per test on stub, redis, rabbitmq and embedded.
+
+Which brokers run comes from ``JOBKIT_TEST_BROKERS`` (default: all four). A
+selected broker that does not answer fails the test; it is never skipped.
+The embedded server used by the tests lives in a private temporary home,
+started once per session and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import dramatiq
+import pytest
+from dramatiq import Broker
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+
+ALL_KINDS = ("stub", "redis", "rabbitmq", "embedded")
+REAL_KINDS = ("redis", "rabbitmq", "embedded")
+
+# A private embedded home, set before anything imports `actors`, so no test
+# touches a developer's ./.jobkit. Short, for the unix socket path limit.
+EMBEDDED_HOME = Path(tempfile.mkdtemp(prefix="jk-test-", dir="/tmp"))
+os.environ["JOBKIT_HOME"] = str(EMBEDDED_HOME)
+os.environ.pop("JOBKIT_BROKER_URL", None)
+
+REDIS_URL = os.environ.get("JOBKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+RABBITMQ_URL = os.environ.get("JOBKIT_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+EMBEDDED_URL = f"embedded://{EMBEDDED_HOME}"
+
+# Queues the tests use besides those declared by `actors`; flushed around every test.
+TEST_QUEUES = ("default", "demo", "jobkit-test")
+
+
+def selected_kinds() -> tuple[str, ...]:
+    raw = os.environ.get("JOBKIT_TEST_BROKERS", ",".join(ALL_KINDS))
+    kinds = tuple(k.strip() for k in raw.split(",") if k.strip())
+    unknown = set(kinds) - set(ALL_KINDS)
+    if unknown:
+        raise pytest.UsageError(f"JOBKIT_TEST_BROKERS names unknown brokers: {sorted(unknown)}")
+    return kinds
+
+
+def url_for(kind: str) -> str:
+    return {"redis": REDIS_URL, "rabbitmq": RABBITMQ_URL, "embedded": EMBEDDED_URL}[kind]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    kinds = selected_kinds()
+    if "broker_kind" in metafunc.fixturenames:
+        metafunc.parametrize("broker_kind", kinds, scope="function")
+    if "real_broker_kind" in metafunc.fixturenames:
+        metafunc.parametrize(
+            "real_broker_kind", [k for k in kinds if k in REAL_KINDS], scope="function"
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from brokers import embedded
+
+    try:
+        embedded.stop(EMBEDDED_HOME)
+    finally:
+        shutil.rmtree(EMBEDDED_HOME, ignore_errors=True)
+
+
+def flush(broker: Broker) -> None:
+    """Empty every queue (ready, delayed, dead-lettered, in flight) the tests may touch."""
+    if isinstance(broker, RedisBroker):
+        # Test Redis db / private embedded server: nothing else lives there.
+        broker.client.flushdb()
+        return
+    for queue in set(broker.get_declared_queues()) | set(TEST_QUEUES):
+        broker.declare_queue(queue)
+    broker.flush_all()
+
+
+def make_broker(kind: str) -> Broker:
+    """A broker of ``kind`` with jobkit's full middleware stack, checked to answer."""
+    from brokers import build_broker, check_broker
+    from middleware import build_stack
+
+    if kind == "stub":
+        return StubBroker(middleware=build_stack())
+    broker = build_broker(url_for(kind))
+    check_broker(broker)  # raises: a dead broker fails the test, never skips it
+    return broker
+
+
+@pytest.fixture
+def broker(broker_kind: str) -> Iterator[Broker]:
+    """A fresh broker of every selected kind (stub included)."""
+    yield from _fresh(broker_kind)
+
+
+@pytest.fixture
+def real_broker(real_broker_kind: str) -> Iterator[Broker]:
+    """A fresh broker of every selected real kind (redis, rabbitmq, embedded)."""
+    yield from _fresh(real_broker_kind)
+
+
+def _fresh(kind: str) -> Iterator[Broker]:
+    broker = make_broker(kind)
+    dramatiq.set_broker(broker)
+    flush(broker)
+    try:
+        yield broker
+    finally:
+        try:
+            flush(broker)
+        finally:
+            broker.close()
