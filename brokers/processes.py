@@ -11,12 +11,14 @@ STOP_TIMEOUT_S = 20.0
 
 
 def stop_process_group(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_S) -> int:
-    """SIGTERM the group led by ``process``, wait, SIGKILL what is left; return its exit code.
+    """SIGTERM ``process``, wait, then SIGKILL what is left of its group; return its exit code.
 
-    ``process`` must have been started with ``start_new_session=True``.
+    ``process`` must have been started with ``start_new_session=True``. Only
+    the leader gets SIGTERM: ``dramatiq`` forwards it to its workers, and a
+    worker that received it twice would stop hard instead of gracefully.
     """
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=timeout)
     # Also reaps grandchildren left behind when the leader exited first.

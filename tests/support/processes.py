@@ -104,8 +104,13 @@ def pids_with_env(needle: str) -> list[int]:
 
 
 def valkey_servers_for(home: Path) -> list[int]:
-    """Live valkey-server processes serving the embedded home ``home``."""
-    config = str(home.resolve() / "valkey" / "valkey.conf").encode()
+    """Live valkey-server processes serving the embedded home ``home``.
+
+    Valkey rewrites its process title to ``valkey-server unixsocket:<path>``.
+    """
+    from brokers.embedded import EmbeddedPaths
+
+    config = f"unixsocket:{EmbeddedPaths(home.resolve()).socket}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

@@ -1,0 +1,149 @@
+"""build_broker on every broker kind: middleware stack, round trips, connection settings, errors."""
+
+from __future__ import annotations
+
+import threading
+
+import dramatiq
+import pytest
+import redis
+from dramatiq import Broker
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+
+from brokers import BrokerUnavailable, build_broker, check_broker, spec_of
+from middleware import build_stack
+from tests.conftest import RABBITMQ_URL, url_for
+from tests.support.processes import wait_until, worker
+
+
+def test_every_broker_gets_the_full_middleware_stack(broker: Broker) -> None:
+    assert [type(m) for m in broker.middleware] == [type(m) for m in build_stack()]
+    # Options of Dramatiq's default middleware are accepted at declaration.
+    assert {"max_retries", "time_limit", "max_age", "retry_when"} <= broker.actor_options
+
+
+def test_a_job_sent_is_run_once_with_its_arguments(broker: Broker) -> None:
+    seen: list[tuple[int, str]] = []
+    done = threading.Event()
+
+    @dramatiq.actor(queue_name="jobkit-test", broker=broker, max_retries=0)
+    def record(number: int, text: str) -> None:
+        seen.append((number, text))
+        if len(seen) == 3:
+            done.set()
+
+    for number in range(3):
+        record.send(number, f"job {number}")
+    with worker(broker, threads=2):
+        if isinstance(broker, StubBroker):
+            broker.join("jobkit-test")
+        assert done.wait(30), f"only {len(seen)} of 3 jobs ran"
+    assert sorted(seen) == [(0, "job 0"), (1, "job 1"), (2, "job 2")]
+
+
+def test_a_delayed_job_waits_then_runs(real_broker: Broker) -> None:
+    ran = threading.Event()
+
+    @dramatiq.actor(queue_name="jobkit-test", broker=real_broker, max_retries=0)
+    def later() -> None:
+        ran.set()
+
+    with worker(real_broker, threads=1):
+        later.send_with_options(delay=1500)
+        assert not ran.wait(0.8), "a delayed job ran before its delay"
+        assert ran.wait(20), "the delayed job never ran"
+
+
+def test_a_failing_job_is_dead_lettered_not_lost(real_broker: Broker) -> None:
+    from brokers import queue_depths
+
+    @dramatiq.actor(queue_name="jobkit-test", broker=real_broker, max_retries=0)
+    def fails() -> None:
+        raise RuntimeError("boom")
+
+    fails.send()
+
+    def dead() -> int:
+        depths = {d.queue: d for d in queue_depths(real_broker, {"jobkit-test"})}
+        return depths["jobkit-test"].dead_lettered
+
+    with worker(real_broker, threads=1):
+        assert wait_until(lambda: dead() == 1, timeout=20)
+
+
+def test_rabbitmq_publishes_with_confirms_heartbeat_and_blocked_timeout() -> None:
+    broker = build_broker(RABBITMQ_URL)
+    try:
+        assert isinstance(broker, RabbitmqBroker)
+        assert broker.confirm_delivery is True
+        assert broker.parameters.heartbeat == 30
+        assert broker.parameters.blocked_connection_timeout == 30
+        assert broker.parameters.socket_timeout == 10
+    finally:
+        broker.close()
+
+
+def test_rabbitmq_connection_settings_in_the_url_win() -> None:
+    broker = build_broker(RABBITMQ_URL + "?heartbeat=5&blocked_connection_timeout=7")
+    try:
+        assert broker.parameters.heartbeat == 5
+        assert broker.parameters.blocked_connection_timeout == 7
+    finally:
+        broker.close()
+
+
+def test_redis_url_forms_pick_the_right_connection() -> None:
+    tls = build_broker("rediss://127.0.0.1:6380/1")
+    unix = build_broker("unix:///tmp/no-such-redis.sock")
+    assert isinstance(tls, RedisBroker) and isinstance(unix, RedisBroker)
+    assert tls.client.connection_pool.connection_class is redis.SSLConnection
+    assert unix.client.connection_pool.connection_class is redis.UnixDomainSocketConnection
+    assert tls.client.connection_pool.connection_kwargs["db"] == 1
+
+
+def test_embedded_broker_talks_to_the_server_over_its_unix_socket() -> None:
+    broker = build_broker(url_for("embedded"))
+    assert isinstance(broker, RedisBroker)
+    kwargs = broker.client.connection_pool.connection_kwargs
+    assert kwargs["path"].startswith(str(spec_of(broker).home)) or kwargs["path"].startswith(
+        "/tmp/jobkit-"
+    )
+    assert broker.client.ping()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected", "secret"),
+    [
+        ("redis://127.0.0.1:1/0", "cannot reach Redis at redis://127.0.0.1:1/0", None),
+        (
+            "redis://:pw-123@127.0.0.1:1/0",
+            "cannot reach Redis at redis://:***@127.0.0.1:1/0",
+            "pw-123",
+        ),
+        ("amqp://guest:guest@127.0.0.1:1/", "cannot reach RabbitMQ", None),
+        (
+            "amqp://guest:wrong-pw-123@127.0.0.1:5672/",
+            "RabbitMQ at amqp://guest:***@127.0.0.1:5672/ refused the credentials",
+            "wrong-pw-123",
+        ),
+        (
+            "amqp://guest:guest@127.0.0.1:5672/no-such-vhost",
+            "denied access to the virtual host",
+            None,
+        ),
+    ],
+)
+def test_a_broker_that_does_not_answer_gives_one_clear_line(
+    url: str, expected: str, secret: str | None
+) -> None:
+    broker = build_broker(url)
+    with pytest.raises(BrokerUnavailable) as caught:
+        check_broker(broker)
+    message = str(caught.value)
+    assert expected in message
+    assert "\n" not in message
+    assert "JOBKIT_BROKER_URL" in message
+    if secret:
+        assert secret not in message

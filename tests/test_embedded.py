@@ -1,0 +1,168 @@
+"""The embedded Valkey server: one per home, detached, persistent, stoppable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from brokers import build_broker, embedded, queue_depths
+from brokers.errors import EmbeddedServerError
+from tests.support.processes import (
+    REPO,
+    child_env,
+    read_lines,
+    start_dramatiq,
+    stop_group,
+    valkey_servers_for,
+    wait_until,
+)
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    """A fresh, short embedded home whose server (if any) is stopped afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="jk-e-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        embedded.stop(path)
+        for pid in valkey_servers_for(path):  # never leave a server behind, even on failure
+            subprocess.run(["kill", "-9", str(pid)], check=False)
+        subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
+def test_ensure_server_starts_once_and_then_reuses_it(home: Path) -> None:
+    assert not embedded.is_running(embedded.EmbeddedPaths(home))
+    paths = embedded.ensure_server(home)
+    first = embedded.status(home)["pid"]
+    embedded.ensure_server(home)
+    assert embedded.status(home)["pid"] == first
+    assert valkey_servers_for(home) == [first]
+    assert paths.socket == home / "valkey.sock"
+
+
+def test_status_reports_a_persistent_server(home: Path) -> None:
+    assert embedded.status(home)["running"] is False
+    embedded.ensure_server(home)
+    facts = embedded.status(home)
+    assert facts["running"] is True
+    assert facts["aof_enabled"] is True
+    assert facts["version"].startswith("9.")
+    assert facts["socket"] == str(home / "valkey.sock")
+
+
+def test_server_outlives_the_process_that_started_it(home: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-c", "import actors"],
+        env=child_env(f"embedded://{home}"),
+        cwd=REPO,
+        check=True,
+        timeout=60,
+    )
+    assert embedded.status(home)["running"] is True
+
+
+def test_queued_jobs_survive_a_stop_and_restart(home: Path) -> None:
+    broker = build_broker(f"embedded://{home}")
+    import dramatiq
+
+    @dramatiq.actor(queue_name="jobkit-test", broker=broker)
+    def kept() -> None: ...
+
+    for _ in range(5):
+        kept.send()
+    broker.close()
+    assert embedded.stop(home) is True
+    assert embedded.status(home)["running"] is False
+    assert valkey_servers_for(home) == []
+
+    restarted = build_broker(f"embedded://{home}")
+    depths = {d.queue: d for d in queue_depths(restarted, {"jobkit-test"})}
+    assert depths["jobkit-test"].ready == 5
+
+
+def test_stop_when_nothing_runs_is_a_no_op(home: Path) -> None:
+    assert embedded.stop(home) is False
+
+
+def test_a_long_home_gets_a_short_socket_path(home: Path) -> None:
+    deep = home / ("d" * 60) / ("e" * 60)
+    paths = embedded.ensure_server(deep)
+    try:
+        assert len(str(paths.socket)) < 100
+        assert str(paths.socket).startswith("/tmp/jobkit-")
+        assert embedded.status(deep)["running"] is True
+    finally:
+        embedded.stop(deep)
+
+
+def test_an_unusable_home_gives_one_clear_line() -> None:
+    with pytest.raises(EmbeddedServerError) as caught:
+        embedded.ensure_server(Path("/dev/null/jobkit"))
+    assert "JOBKIT_HOME" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+CONCURRENT_STARTER = """
+import sys, time
+start_at = float(sys.argv[1])
+while time.time() < start_at:
+    time.sleep(0.001)
+import actors
+actors.ping.send()
+"""
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_concurrent_starts_leave_exactly_one_server(home: Path, attempt: int) -> None:
+    start_at = f"{time.time() + 2.0}"
+    env = child_env(f"embedded://{home}")
+    starters = [
+        subprocess.Popen([sys.executable, "-c", CONCURRENT_STARTER, start_at], env=env, cwd=REPO)
+        for _ in range(3)
+    ]
+    assert [p.wait(timeout=60) for p in starters] == [0, 0, 0]
+    assert len(valkey_servers_for(home)) == 1
+    broker = build_broker(f"embedded://{home}")
+    assert {d.queue: d.ready for d in queue_depths(broker)}["default"] == 3
+
+
+def test_app_and_two_worker_processes_starting_together_share_one_server(
+    home: Path, tmp_path: Path
+) -> None:
+    completions = tmp_path / "completions"
+    env = child_env(f"embedded://{home}", JOBKIT_TEST_COMPLETION_LOG=str(completions))
+    workers = start_dramatiq(
+        "actors",
+        "tests.support.completion_log",
+        "-p",
+        "2",
+        "-t",
+        "2",
+        "--worker-shutdown-timeout",
+        "5000",
+        env=env,
+        log=tmp_path / "workers.log",
+    )
+    try:
+        app = subprocess.run(
+            [sys.executable, "-c", "import actors\nfor _ in range(20): actors.ping.send()"],
+            env=env,
+            cwd=REPO,
+            timeout=60,
+            check=True,
+        )
+        assert app.returncode == 0
+        assert wait_until(
+            lambda: sum(line.startswith("ping ") for line in read_lines(completions)) == 20,
+            timeout=60,
+        ), (tmp_path / "workers.log").read_text()[-2000:]
+        assert len(valkey_servers_for(home)) == 1
+    finally:
+        assert stop_group(workers) == 0
