@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,6 +103,22 @@ def broker(broker_kind: str) -> Iterator[Broker]:
 def real_broker(real_broker_kind: str) -> Iterator[Broker]:
     """A fresh broker of every selected real kind (redis, rabbitmq, embedded)."""
     yield from _fresh(real_broker_kind)
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    """A fresh, short embedded home; its server (if one was started) is gone afterwards."""
+    from brokers import embedded
+    from tests.support.processes import valkey_servers_for
+
+    path = Path(tempfile.mkdtemp(prefix="jk-h-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        embedded.stop(path)
+        for pid in valkey_servers_for(path):  # even when a test failed half-way
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _fresh(kind: str) -> Iterator[Broker]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import dramatiq
 import pytest
 from dramatiq import Broker
 
-from brokers import queue_depths
+from brokers import embedded, queue_depths
 from brokers.cli import build_parser
 from tests.conftest import EMBEDDED_URL, url_for
 from tests.support.processes import child_env, run_jobkit, wait_until, worker
@@ -133,31 +134,22 @@ def test_verbose_shows_the_traceback() -> None:
     assert "Traceback" in result.stderr
 
 
-def test_embedded_status_and_stop(tmp_path_factory: pytest.TempPathFactory) -> None:
-    import tempfile
-    from pathlib import Path
-
-    from brokers import embedded
-
-    home = Path(tempfile.mkdtemp(prefix="jk-c-", dir="/tmp"))
+def test_embedded_status_and_stop(home: Path) -> None:
     env = child_env(f"embedded://{home}")
-    try:
-        result = run_jobkit("embedded", "status", "--json", env=env)
-        assert result.returncode == 3
-        assert json.loads(result.stdout)["running"] is False
+    result = run_jobkit("embedded", "status", "--json", env=env)
+    assert result.returncode == 3
+    assert json.loads(result.stdout)["running"] is False
 
-        embedded.ensure_server(home)
-        result = run_jobkit("embedded", "status", "--json", env=env)
-        assert result.returncode == 0, result.stderr
-        facts = json.loads(result.stdout)
-        assert facts["running"] is True and facts["aof_enabled"] is True
+    embedded.ensure_server(home)
+    result = run_jobkit("embedded", "status", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    facts = json.loads(result.stdout)
+    assert facts["running"] is True and facts["aof_enabled"] is True
 
-        result = run_jobkit("embedded", "stop", "--json", env=env)
-        assert result.returncode == 0, result.stderr
-        assert json.loads(result.stdout)["was_running"] is True
-        assert embedded.status(home)["running"] is False
-    finally:
-        embedded.stop(home)
+    result = run_jobkit("embedded", "stop", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["was_running"] is True
+    assert embedded.status(home)["running"] is False
 
 
 def test_embedded_commands_refuse_a_non_embedded_broker() -> None:

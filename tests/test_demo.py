@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,16 +19,6 @@ from tests.support.processes import (
     valkey_servers_for,
     wait_until,
 )
-
-
-@pytest.fixture
-def home() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="jk-d-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        embedded.stop(path)
-        subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
 def dramatiq_processes(marker: str) -> list[int]:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,19 +20,6 @@ from tests.support.processes import (
     valkey_servers_for,
     wait_until,
 )
-
-
-@pytest.fixture
-def home() -> Iterator[Path]:
-    """A fresh, short embedded home whose server (if any) is stopped afterwards."""
-    path = Path(tempfile.mkdtemp(prefix="jk-e-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        embedded.stop(path)
-        for pid in valkey_servers_for(path):  # never leave a server behind, even on failure
-            subprocess.run(["kill", "-9", str(pid)], check=False)
-        subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
 def test_ensure_server_starts_once_and_then_reuses_it(home: Path) -> None:
