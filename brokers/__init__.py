@@ -16,12 +16,9 @@ from dramatiq import Broker
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
-from middleware import build_stack
-
-from . import embedded
+# Submodules that import middleware are imported inside functions: middleware
+# imports brokers.errors, and must not find this package half-initialised.
 from .errors import BrokerConfigError, BrokerUnavailable, EmbeddedServerError, JobkitError
-from .rabbitmq import build_rabbitmq_broker, check_rabbitmq, rabbitmq_queue_depths
-from .redis import build_redis_broker, check_redis, redis_queue_depths
 from .stats import QueueDepth
 from .urls import BROKER_URL_ENV, BrokerSpec, mask_url, parse_broker_url, spec_from_env
 
@@ -54,17 +51,25 @@ def build_broker(url: str | None = None, *, spec: BrokerSpec | None = None) -> B
     server, which is started here if no process has started it yet. The
     broker itself connects lazily (except the embedded server's start).
     """
+    from middleware import build_stack
+    from middleware.priorities import PriorityConfig
+
+    from . import embedded
+    from .rabbitmq import build_rabbitmq_broker
+    from .redis import build_redis_broker
+
     if spec is None:
         spec = parse_broker_url(url) if url is not None else spec_from_env()
-    stack = build_stack()
+    priority_config = PriorityConfig.from_env()
+    stack = build_stack(priority_config)
     if spec.kind == "rabbitmq":
-        broker: Broker = build_rabbitmq_broker(spec.url, stack)
+        broker: Broker = build_rabbitmq_broker(spec.url, stack, priority_config)
     elif spec.kind == "redis":
-        broker = build_redis_broker(spec.url, stack)
+        broker = build_redis_broker(spec.url, stack, priority_config)
     else:
         assert spec.home is not None
         paths = embedded.ensure_server(spec.home)
-        broker = build_redis_broker(paths.url, stack)
+        broker = build_redis_broker(paths.url, stack, priority_config)
     _specs[broker] = spec
     return broker
 
@@ -89,6 +94,9 @@ def spec_of(broker: Broker) -> BrokerSpec:
 
 def check_broker(broker: Broker) -> None:
     """Raise a one-line :class:`BrokerUnavailable` unless ``broker`` answers."""
+    from .rabbitmq import check_rabbitmq
+    from .redis import check_redis
+
     spec = _specs.get(broker)
     if isinstance(broker, RedisBroker):
         check_redis(broker, spec.display_url if spec else "the configured Redis")
@@ -102,6 +110,9 @@ def queue_depths(broker: Broker, queues: set[str] | None = None) -> list[QueueDe
     Covers the queues declared on ``broker`` plus ``queues``; on Redis also
     every queue found in the broker's namespace.
     """
+    from .rabbitmq import rabbitmq_queue_depths
+    from .redis import redis_queue_depths
+
     names = set(broker.get_declared_queues()) | set(queues or ())
     if isinstance(broker, RedisBroker):
         return redis_queue_depths(broker, names)

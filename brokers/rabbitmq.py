@@ -1,17 +1,29 @@
-"""RabbitMQ broker: construction with safe connection defaults, health check, queue depths."""
+"""RabbitMQ broker: priorities, safe connection defaults, health check, queue depths.
+
+Priorities use RabbitMQ's own: queues are declared with ``x-max-priority`` and
+each message is published with its level's AMQP priority (see
+``middleware.priorities.LEVEL_NUMBERS``), so RabbitMQ hands the most urgent
+ready message to the next consumer with room. Weighted mode cannot be built on
+that and is refused at start-up.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
-from dramatiq import Middleware
+from dramatiq import Broker, Message, Middleware
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.common import dq_name, xq_name
+from dramatiq.errors import BrokerConnectionError
 
-from .errors import BrokerUnavailable
+from middleware.priorities import LEVEL_NUMBERS, PriorityConfig, message_level
+
+from .errors import BrokerConfigError, BrokerUnavailable, JobkitError
 from .stats import QueueDepth
 from .urls import mask_url
 
@@ -37,10 +49,67 @@ def with_connection_defaults(url: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def build_rabbitmq_broker(url: str, middleware: list[Middleware]) -> RabbitmqBroker:
-    """A RabbitmqBroker with publisher confirms on; connects lazily."""
-    return RabbitmqBroker(
-        url=with_connection_defaults(url), confirm_delivery=True, middleware=middleware
+MAX_PRIORITY = max(LEVEL_NUMBERS.values())
+
+
+class QueueNeedsMigration(JobkitError, BrokerConnectionError):
+    """A queue exists with arguments jobkit cannot use (declared without x-max-priority).
+
+    A ``BrokerConnectionError`` so a worker logs it as one line and keeps
+    retrying instead of dying with a traceback.
+    """
+
+
+class PriorityRabbitmqBroker(RabbitmqBroker):
+    """RabbitmqBroker whose queues carry ``x-max-priority`` and whose declare errors are clear."""
+
+    def _declare_queue(self, queue_name: str) -> Any:
+        with self._explaining_precondition_failed(queue_name):
+            return super()._declare_queue(queue_name)
+
+    def _declare_dq_queue(self, queue_name: str) -> Any:
+        with self._explaining_precondition_failed(dq_name(queue_name)):
+            return super()._declare_dq_queue(queue_name)
+
+    @contextlib.contextmanager
+    def _explaining_precondition_failed(self, queue_name: str) -> Iterator[None]:
+        try:
+            yield
+        except pika.exceptions.ChannelClosedByBroker as error:
+            if error.reply_code != 406:
+                raise
+            del self.channel  # the broker closed it
+            raise QueueNeedsMigration(
+                f"RabbitMQ queue {queue_name!r} already exists without "
+                f"x-max-priority={MAX_PRIORITY} (declared by plain Dramatiq or an older jobkit), "
+                "so jobkit cannot use it for priorities. Migrate: stop producers, let workers "
+                f"drain it, delete it (rabbitmqctl delete_queue {queue_name}), then start "
+                "jobkit, which re-declares it"
+            ) from None
+
+
+class AmqpPriority(Middleware):
+    """Publishes each message with its level's AMQP priority (read by RabbitmqBroker.enqueue)."""
+
+    def before_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
+        message.options["broker_priority"] = LEVEL_NUMBERS[message_level(broker, message)]
+
+
+def build_rabbitmq_broker(
+    url: str, middleware: list[Middleware], priority_config: PriorityConfig
+) -> RabbitmqBroker:
+    """A priority-aware RabbitmqBroker with publisher confirms on; connects lazily."""
+    if priority_config.mode != "strict":
+        raise BrokerConfigError(
+            f"JOBKIT_PRIORITY_MODE={priority_config.mode} needs a Redis or embedded broker: "
+            "RabbitMQ always delivers the most urgent message first; use strict with RabbitMQ"
+        )
+    # Runs after Priorities (which comes first in the stack) has stamped the level.
+    return PriorityRabbitmqBroker(
+        url=with_connection_defaults(url),
+        confirm_delivery=True,
+        max_priority=MAX_PRIORITY,
+        middleware=[*middleware, AmqpPriority()],
     )
 
 

@@ -1,23 +1,121 @@
-"""Redis (and embedded Valkey) broker: construction, health check and queue depths."""
+"""Redis (and embedded Valkey) broker with priority levels; health check and queue depths.
+
+:class:`PriorityRedisBroker` is Dramatiq's ``RedisBroker`` with jobkit's copy of
+its Lua dispatch script (``lua/dispatch.lua``), which keeps one id list per
+priority level for each queue and fetches from them strictly (most urgent
+non-empty level first) or weighted. Acks, nacks, the dead-letter queue, delay
+queues and dead-worker recovery keep Dramatiq's key layout and behaviour.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import random
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
 
 import redis
-from dramatiq import Middleware
-from dramatiq.brokers.redis import RedisBroker
+from dramatiq import Message, Middleware
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.common import current_millis, dq_name
+
+from middleware.priorities import LEVELS, PriorityConfig
 
 from .errors import BrokerUnavailable
 from .stats import QueueDepth
 from .urls import mask_url
 
 NAMESPACE = "dramatiq"
+DISPATCH_SCRIPT = (Path(__file__).parent / "lua" / "dispatch.lua").read_bytes()
+#: Key suffix of each level's id list; normal uses the queue's own list.
+LEVEL_SUFFIXES: dict[str, str] = {
+    "critical": ":critical",
+    "high": ":high",
+    "normal": "",
+    "low": ":low",
+}
 
 
-def build_redis_broker(url: str, middleware: list[Middleware]) -> RedisBroker:
-    """A RedisBroker for ``url`` (redis://, rediss:// or unix://); connects lazily."""
-    return RedisBroker(url=url, namespace=NAMESPACE, middleware=middleware)
+def level_suffix(level: Any) -> str:
+    return LEVEL_SUFFIXES.get(level, "") if isinstance(level, str) else ""
+
+
+class PriorityRedisBroker(RedisBroker):
+    """RedisBroker whose canonical queues are priority-aware."""
+
+    def __init__(self, *, priority_config: PriorityConfig, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.priority_config = priority_config
+        self.scripts["dispatch"] = self.client.register_script(DISPATCH_SCRIPT)
+        self._weights = [priority_config.weights[level] for level in LEVELS]
+
+    @property
+    def consumer_class(self) -> type[_RedisConsumer]:
+        return PriorityRedisConsumer
+
+    def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
+        # Dramatiq's RedisBroker.enqueue, plus the level's list, read after
+        # before_enqueue has validated and stamped it.
+        queue_name = message.queue_name
+        message = message.copy(options={"redis_message_id": str(uuid4())})
+        if delay is not None:
+            queue_name = dq_name(queue_name)
+            message = message.copy(queue_name=queue_name, options={"eta": current_millis() + delay})
+        self.emit_before("enqueue", message, delay)
+        suffix = "" if delay is not None else level_suffix(message.options.get("priority"))
+        self.do_enqueue(queue_name, message.options["redis_message_id"], message.encode(), suffix)
+        self.emit_after("enqueue", message, delay)
+        return message
+
+    def do_fetch(self, queue_name: str, count: int) -> list[bytes]:
+        fetch = self._dispatch("fetch")
+        if self.priority_config.mode == "weighted":
+            return fetch(queue_name, count, "weighted", random.getrandbits(31), *self._weights)
+        return fetch(queue_name, count, "strict")
+
+    def requeue_ids(self, queue_name: str, ids_and_levels: list[tuple[str, Any]]) -> None:
+        """Put fetched ids back at the head of their level lists, in the given order."""
+        if ids_and_levels:
+            args = [
+                part
+                for message_id, level in ids_and_levels
+                for part in (message_id, level_suffix(level))
+            ]
+            self._dispatch("requeue")(queue_name, *args)
+
+
+class PriorityRedisConsumer(_RedisConsumer):
+    """Requeues to the right level list, including fetched messages not yet handed out."""
+
+    def requeue(self, messages: Iterable[Any]) -> None:
+        pairs = [(m.options["redis_message_id"], m.options.get("priority")) for m in messages]
+        self.broker.requeue_ids(self.queue_name, pairs)
+
+    def close(self) -> None:
+        # Dramatiq drops its cache of fetched-but-unreturned messages on close,
+        # leaving them to dead-worker recovery; give them back now instead.
+        cached, self.message_cache = self.message_cache, []
+        pairs = []
+        for data in cached:
+            try:
+                message = Message.decode(data)
+            except Exception:  # noqa: BLE001 - left to dead-worker recovery
+                continue
+            pairs.append((message.options["redis_message_id"], message.options.get("priority")))
+        with contextlib.suppress(redis.RedisError):  # else dead-worker recovery returns them
+            self.broker.requeue_ids(self.queue_name, pairs)
+        super().close()
+
+
+def build_redis_broker(
+    url: str, middleware: list[Middleware], priority_config: PriorityConfig
+) -> PriorityRedisBroker:
+    """A priority-aware RedisBroker for ``url`` (redis://, rediss:// or unix://); lazy connect."""
+    return PriorityRedisBroker(
+        url=url, namespace=NAMESPACE, middleware=middleware, priority_config=priority_config
+    )
 
 
 def check_redis(broker: RedisBroker, display_url: str) -> None:
@@ -61,17 +159,20 @@ def redis_queue_depths(broker: RedisBroker, declared: Iterable[str]) -> list[Que
     depths = []
     for name in sorted(n for n in names if n and not n.startswith("__")):
         pipe = client.pipeline(transaction=False)
-        pipe.llen(f"{prefix}{name}")
+        for level in LEVELS:
+            pipe.llen(f"{prefix}{name}{LEVEL_SUFFIXES[level]}")
         pipe.llen(f"{prefix}{name}.DQ")
         pipe.zcard(f"{prefix}{name}.XQ")
-        ready, delayed, dead = pipe.execute()
+        *per_level, delayed, dead = (int(n) for n in pipe.execute())
+        levels = dict(zip(LEVELS, per_level, strict=True))
         depths.append(
             QueueDepth(
                 queue=name,
-                ready=int(ready),
-                delayed=int(delayed),
-                dead_lettered=int(dead),
+                ready=sum(per_level),
+                delayed=delayed,
+                dead_lettered=dead,
                 in_flight=in_flight.get(name, 0),
+                levels=levels,
             )
         )
     return depths

@@ -10,9 +10,10 @@ from typing import Any
 class QueueDepth:
     """Message counts of one queue.
 
-    ``in_flight`` is the number fetched by workers and not yet acked, where the
-    broker can tell (Redis and embedded); ``None`` on RabbitMQ, whose AMQP
-    queue declare reports ready messages only.
+    ``in_flight`` is the number fetched by workers and not yet acked, and
+    ``levels`` the ready count per priority level, where the broker can tell
+    (Redis and embedded); ``None`` on RabbitMQ, whose AMQP queue declare
+    reports only a queue's total of ready messages.
     """
 
     queue: str
@@ -20,6 +21,7 @@ class QueueDepth:
     delayed: int
     dead_lettered: int
     in_flight: int | None = None
+    levels: dict[str, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

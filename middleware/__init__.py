@@ -11,7 +11,17 @@ from __future__ import annotations
 from dramatiq import Middleware
 from dramatiq.middleware import default_middleware
 
+from .priorities import Priorities, PriorityConfig
 
-def build_stack() -> list[Middleware]:
-    """Fresh middleware instances for one broker: Dramatiq's defaults, then jobkit's."""
-    return [middleware_class() for middleware_class in default_middleware]
+
+def build_stack(priority_config: PriorityConfig | None = None) -> list[Middleware]:
+    """Fresh middleware instances for one broker, in order.
+
+    ``Priorities`` comes first so every later ``before_enqueue`` sees the
+    message's validated level; then Dramatiq's defaults (AgeLimit, TimeLimit,
+    ShutdownNotifications, Callbacks, Pipelines, Retries).
+    """
+    return [
+        Priorities(priority_config),
+        *(middleware_class() for middleware_class in default_middleware),
+    ]

@@ -55,10 +55,30 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     kinds = selected_kinds()
     if "broker_kind" in metafunc.fixturenames:
         metafunc.parametrize("broker_kind", kinds, scope="function")
+    if "redis_broker_kind" in metafunc.fixturenames:  # Redis-protocol internals
+        metafunc.parametrize(
+            "redis_broker_kind", [k for k in kinds if k in ("redis", "embedded")], scope="function"
+        )
     if "real_broker_kind" in metafunc.fixturenames:
         metafunc.parametrize(
             "real_broker_kind", [k for k in kinds if k in REAL_KINDS], scope="function"
         )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Drop the RabbitMQ test queues, so each run declares them with today's arguments."""
+    if "rabbitmq" not in selected_kinds():
+        return
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+    try:
+        channel = connection.channel()
+        for queue in TEST_QUEUES:
+            for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
+                channel.queue_delete(name)
+    finally:
+        connection.close()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -66,25 +66,33 @@ def test_queues_json_counts_ready_delayed_and_dead_lettered(
     assert counts["jobkit-test"]["dead_lettered"] == 1
     if real_broker_kind == "rabbitmq":
         assert counts["jobkit-test"]["in_flight"] is None
+        assert counts["jobkit-test"]["levels"] is None
         assert "guest:***@" in report["broker"]
     else:
         assert counts["jobkit-test"]["in_flight"] == 0
+        assert counts["jobkit-test"]["levels"] == {"critical": 0, "high": 0, "normal": 3, "low": 0}
     assert "default" in counts and "demo" in counts  # declared by the actors package
 
 
 def test_queues_table_for_people(real_broker: Broker, real_broker_kind: str) -> None:
     result = run_jobkit("queues", env=child_env(url_for(real_broker_kind)))
     assert result.returncode == 0, result.stderr
-    assert "dead-lettered" in result.stdout and "default" in result.stdout
+    for column in ("ready", "critical", "low", "delayed", "dead-lettered"):
+        assert column in result.stdout
+    assert "default" in result.stdout
 
 
 def test_send_enqueues_a_checked_job(real_broker: Broker, real_broker_kind: str) -> None:
     env = child_env(url_for(real_broker_kind))
-    result = run_jobkit("send", "sleep_ms", "5", "--json", env=env)
+    result = run_jobkit("send", "sleep_ms", "5", "--priority", "HIGH", "--json", env=env)
     assert result.returncode == 0, result.stderr
     message = json.loads(result.stdout)
     assert message["actor_name"] == "sleep_ms" and message["args"] == [5]
-    assert {d.queue: d.ready for d in queue_depths(real_broker, {"default"})}["default"] == 1
+    assert message["options"]["priority"] == "high"
+    (depth,) = [d for d in queue_depths(real_broker, {"default"}) if d.queue == "default"]
+    assert depth.ready == 1
+    if depth.levels is not None:
+        assert depth.levels["high"] == 1
 
 
 @pytest.mark.parametrize(
@@ -95,6 +103,7 @@ def test_send_enqueues_a_checked_job(real_broker: Broker, real_broker_kind: str)
         (["send", "sleep_ms", "1", "2"], "wrong arguments for sleep_ms"),
         (["send", "ping", "--kwargs", "{bad"], "--kwargs is not valid JSON"),
         (["send", "ping", "--kwargs", "[1]"], "--kwargs must be a JSON object"),
+        (["send", "ping", "--priority", "asap"], "--priority: invalid priority 'asap'"),
     ],
 )
 def test_send_rejects_bad_input_with_one_line(args: list[str], expected: str) -> None:

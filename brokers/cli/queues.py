@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from middleware.priorities import LEVELS
+
 from .. import check_broker, queue_depths, spec_of
 from .output import print_json, print_table
 
@@ -13,8 +15,9 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         "queues",
         help="message counts per queue on the configured broker",
         description="For every queue (those declared by the actors package, those given with "
-        "--queue, and on Redis/embedded every queue found in the broker), print ready, "
-        "delayed, in-flight (Redis/embedded only) and dead-lettered counts.",
+        "--queue, and on Redis/embedded every queue found in the broker), print ready "
+        "(total and per priority level), delayed, in-flight and dead-lettered counts. "
+        "Per-level and in-flight counts exist on Redis/embedded only ('-' on RabbitMQ).",
     )
     parser.add_argument(
         "--queue",
@@ -43,7 +46,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print_table(
         f"queues on {spec_of(actors.broker).display_url}",
-        ("queue", "ready", "delayed", "in flight", "dead-lettered"),
-        [(d.queue, d.ready, d.delayed, d.in_flight, d.dead_lettered) for d in depths],
+        ("queue", "ready", *LEVELS, "delayed", "in flight", "dead-lettered"),
+        [
+            (
+                d.queue,
+                d.ready,
+                *((d.levels or {}).get(level) for level in LEVELS),
+                d.delayed,
+                d.in_flight,
+                d.dead_lettered,
+            )
+            for d in depths
+        ],
     )
     return 0

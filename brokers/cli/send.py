@@ -7,6 +7,8 @@ import inspect
 import json
 from typing import Any
 
+from middleware.priorities import parse_level
+
 from ..errors import JobkitError
 from .output import print_json, stdout
 
@@ -30,6 +32,11 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--delay", type=int, default=None, metavar="MS", help="run no sooner than MS ms from now"
+    )
+    parser.add_argument(
+        "--priority",
+        metavar="LEVEL",
+        help="critical, high, normal or low (default: the actor's own, normally normal)",
     )
     parser.add_argument("--json", action="store_true", help="print the sent message as JSON")
     parser.set_defaults(handler=run)
@@ -67,8 +74,16 @@ def run(args: argparse.Namespace) -> int:
         signature.bind(*positional, **kwargs)
     except TypeError as error:
         raise BadJobError(f"wrong arguments for {actor.actor_name}{signature}: {error}") from None
+    options = {}
+    if args.priority is not None:
+        try:
+            options["priority"] = parse_level(args.priority)
+        except ValueError as error:
+            raise BadJobError(f"--priority: {error}") from None
     check_broker(broker)
-    message = actor.send_with_options(args=tuple(positional), kwargs=kwargs, delay=args.delay)
+    message = actor.send_with_options(
+        args=tuple(positional), kwargs=kwargs, delay=args.delay, **options
+    )
     if args.json:
         print_json(message.asdict())
     else:

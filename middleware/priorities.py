@@ -1,0 +1,181 @@
+"""Job priorities: named levels per actor and per message, honoured by broker and worker.
+
+Levels, most urgent first: ``critical``, ``high``, ``normal`` (default), ``low``.
+Set an actor's default with ``@dramatiq.actor(priority="high")`` and override it per
+message with ``actor.send_with_options(priority="critical")``. The level travels in
+``message.options["priority"]``; the broker reads it to pick the priority queue (see
+``brokers/``), and this middleware orders the messages a worker has already
+fetched so that a more urgent one runs first.
+
+An actor's ``priority`` may also be an int, Dramatiq's own meaning (lower runs
+sooner among fetched messages of the same level); such an actor's level is
+``normal``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+from dataclasses import dataclass, field, replace
+from queue import PriorityQueue
+from typing import Any, Literal
+
+from dramatiq import Broker, Message, Middleware, Worker
+from dramatiq.middleware import MiddlewareError
+
+from brokers.errors import BrokerConfigError
+
+#: Levels, most urgent first.
+LEVELS: tuple[str, ...] = ("critical", "high", "normal", "low")
+DEFAULT_LEVEL = "normal"
+#: A level's number: higher runs sooner (it is also the AMQP message priority).
+LEVEL_NUMBERS: dict[str, int] = {"critical": 3, "high": 2, "normal": 1, "low": 0}
+#: Rank inside the worker: lower runs sooner.
+LEVEL_RANKS: dict[str, int] = {level: rank for rank, level in enumerate(LEVELS)}
+
+MODE_ENV = "JOBKIT_PRIORITY_MODE"
+WEIGHTS_ENV = "JOBKIT_PRIORITY_WEIGHTS"
+DEFAULT_WEIGHTS: dict[str, int] = {"critical": 8, "high": 4, "normal": 2, "low": 1}
+
+PriorityMode = Literal["strict", "weighted"]
+
+
+class InvalidPriority(MiddlewareError, ValueError):
+    """A priority that is not one of :data:`LEVELS`.
+
+    A ``MiddlewareError`` so that Dramatiq lets it reach the caller of ``send()``
+    instead of logging and swallowing it.
+    """
+
+
+def parse_level(value: Any, *, where: str = "priority") -> str:
+    """The level name for ``value`` (a level name, any case); :class:`InvalidPriority` if none."""
+    if isinstance(value, str) and value.strip().lower() in LEVEL_RANKS:
+        return value.strip().lower()
+    raise InvalidPriority(
+        f"invalid {where} {value!r}: use one of {', '.join(LEVELS)} "
+        f"(most urgent first; default {DEFAULT_LEVEL})"
+    )
+
+
+def actor_level(actor_priority: Any) -> str:
+    """An actor's default level: its ``priority`` if that is a level name, else ``normal``."""
+    if isinstance(actor_priority, str):
+        return parse_level(actor_priority, where="actor priority")
+    return DEFAULT_LEVEL
+
+
+@dataclass(frozen=True)
+class PriorityConfig:
+    """How brokers pick among levels (``JOBKIT_PRIORITY_MODE``, ``JOBKIT_PRIORITY_WEIGHTS``).
+
+    ``strict``: always the most urgent non-empty level. ``weighted``: each fetched
+    message comes from a non-empty level chosen at random in proportion to its weight,
+    so lower levels keep a share under constant urgent load.
+    """
+
+    mode: PriorityMode = "strict"
+    weights: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+
+    @classmethod
+    def from_env(cls) -> PriorityConfig:
+        mode = (os.environ.get(MODE_ENV) or "strict").strip().lower()
+        if mode not in ("strict", "weighted"):
+            raise BrokerConfigError(
+                f"{MODE_ENV}={mode!r} is not a priority mode; use strict (default) or weighted"
+            )
+        return cls(mode=mode, weights=parse_weights(os.environ.get(WEIGHTS_ENV)))  # type: ignore[arg-type]
+
+    def share(self, level: str, busy: tuple[str, ...]) -> float:
+        """Expected share of fetches for ``level`` while exactly the ``busy`` levels have jobs."""
+        if self.mode == "strict":
+            return 1.0 if level == next(lvl for lvl in LEVELS if lvl in busy) else 0.0
+        return self.weights[level] / sum(self.weights[lvl] for lvl in busy)
+
+
+def parse_weights(text: str | None) -> dict[str, int]:
+    """``"critical=8,high=4,normal=2,low=1"`` -> weights; unset levels keep their default."""
+    weights = dict(DEFAULT_WEIGHTS)
+    if not text or not text.strip():
+        return weights
+    for part in text.split(","):
+        name, _, number = part.partition("=")
+        name = name.strip().lower()
+        if name not in weights or not number.strip().isdigit() or int(number) < 1:
+            raise BrokerConfigError(
+                f"{WEIGHTS_ENV}={text!r}: write level=weight pairs with positive integer "
+                f"weights, e.g. critical=8,high=4,normal=2,low=1 (levels: {', '.join(LEVELS)})"
+            )
+        weights[name] = int(number)
+    return weights
+
+
+class Priorities(Middleware):
+    """Validates and stamps each message's level, and orders fetched messages by it."""
+
+    def __init__(self, config: PriorityConfig | None = None) -> None:
+        self.config = config or PriorityConfig()
+
+    def before_declare_actor(self, broker: Broker, actor: Any) -> None:
+        actor_level(actor.priority)  # fail at declaration, not at the first send
+
+    def before_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
+        explicit = message.options.get("priority")
+        default = self._default_level(broker, message.actor_name)
+        if explicit is not None:
+            message.options["priority"] = parse_level(explicit)
+        elif default != DEFAULT_LEVEL:
+            message.options["priority"] = default
+
+    def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        # Consumers and worker threads are created after this hook and take
+        # worker.work_queue, so every fetched message goes through this queue.
+        worker.work_queue = LevelOrderedWorkQueue(broker, strict=self.config.mode == "strict")
+
+    @staticmethod
+    def _default_level(broker: Broker, actor_name: str) -> str:
+        actor = broker.actors.get(actor_name)
+        return actor_level(actor.priority) if actor is not None else DEFAULT_LEVEL
+
+
+def message_level(broker: Broker, message: Message) -> str:
+    """The level a fetched message runs at (its own, else its actor's, else normal)."""
+    level = message.options.get("priority")
+    if isinstance(level, str) and level in LEVEL_RANKS:
+        return level
+    return Priorities._default_level(broker, message.actor_name)
+
+
+class LevelOrderedWorkQueue(PriorityQueue):  # type: ignore[type-arg]
+    """The worker's in-memory queue of fetched messages, ordered by level.
+
+    Strict mode: (level rank, actor int priority, arrival). Weighted mode: the
+    broker has already weighted the fetch, so (actor int priority, arrival), as
+    in plain Dramatiq; ordering by level here would starve the low-level
+    messages the weighted fetch handed out.
+    """
+
+    def __init__(self, broker: Broker, *, strict: bool) -> None:
+        super().__init__()
+        self.broker = broker
+        self.strict = strict
+        self.arrivals = itertools.count()
+
+    def _put(self, item: Any) -> None:
+        message = item.message
+        actor = self.broker.actors.get(message.actor_name)
+        tie = actor.priority if actor is not None and isinstance(actor.priority, int) else 0
+        if self.strict:
+            key: tuple[int, ...] = (
+                LEVEL_RANKS[message_level(self.broker, message)],
+                tie,
+                next(self.arrivals),
+            )
+        else:
+            key = (tie, next(self.arrivals))
+        # Keep Dramatiq's item type (Worker.stop requeues item.message), with an int priority.
+        heapq.heappush(self.queue, (key, replace(item, priority=key[0])))
+
+    def _get(self) -> Any:
+        return heapq.heappop(self.queue)[1]
