@@ -71,7 +71,20 @@ def build_broker(url: str | None = None, *, spec: BrokerSpec | None = None) -> B
         paths = embedded.ensure_server(spec.home)
         broker = build_redis_broker(paths.url, stack, priority_config)
     _specs[broker] = spec
+    use_limit_state(broker)
     return broker
+
+
+def use_limit_state(broker: Broker) -> None:
+    """Point the broker's RateLimits middleware at its Redis (see ``brokers.state``)."""
+    from middleware.rate_limits import RateLimits
+
+    from .state import limit_state_client
+
+    client, reason = limit_state_client(broker)
+    for middleware in broker.middleware:
+        if isinstance(middleware, RateLimits):
+            middleware.use_store(client, reason)
 
 
 def setup_broker() -> Broker:
@@ -104,6 +117,18 @@ def check_broker(broker: Broker) -> None:
         check_rabbitmq(spec_of(broker).url)
 
 
+def keep_alive(broker: Broker) -> None:
+    """Tell the broker this worker is alive while it fetches nothing (e.g. throttled).
+
+    Redis infers liveness from traffic: a worker silent for the heartbeat
+    timeout is presumed dead and its unacked jobs are given to others.
+    RabbitMQ's connection heartbeats need nothing from us.
+    """
+    if isinstance(broker, RedisBroker):
+        for queue in sorted(broker.get_declared_queues())[:1]:
+            broker.do_qsize(queue)
+
+
 def queue_depths(broker: Broker, queues: set[str] | None = None) -> list[QueueDepth]:
     """Ready / delayed / dead-lettered (and, where known, in-flight) counts per queue.
 
@@ -117,5 +142,5 @@ def queue_depths(broker: Broker, queues: set[str] | None = None) -> list[QueueDe
     if isinstance(broker, RedisBroker):
         return redis_queue_depths(broker, names)
     if isinstance(broker, RabbitmqBroker):
-        return rabbitmq_queue_depths(spec_of(broker).url, names)
+        return rabbitmq_queue_depths(broker, names)
     raise BrokerConfigError(f"queue depths are not supported on {type(broker).__name__}")

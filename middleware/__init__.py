@@ -11,7 +11,9 @@ from __future__ import annotations
 from dramatiq import Middleware
 from dramatiq.middleware import default_middleware
 
+from .load_throttle import LoadThrottle
 from .priorities import Priorities, PriorityConfig
+from .rate_limits import RateLimits
 
 
 def build_stack(priority_config: PriorityConfig | None = None) -> list[Middleware]:
@@ -19,9 +21,13 @@ def build_stack(priority_config: PriorityConfig | None = None) -> list[Middlewar
 
     ``Priorities`` comes first so every later ``before_enqueue`` sees the
     message's validated level; then Dramatiq's defaults (AgeLimit, TimeLimit,
-    ShutdownNotifications, Callbacks, Pipelines, Retries).
+    ShutdownNotifications, Callbacks, Pipelines, Retries); then ``RateLimits``,
+    so a job too old for AgeLimit is dead-lettered rather than deferred; then
+    ``LoadThrottle`` (inactive unless configured).
     """
     return [
         Priorities(priority_config),
         *(middleware_class() for middleware_class in default_middleware),
+        RateLimits(),
+        LoadThrottle.from_env(),
     ]

@@ -17,8 +17,9 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
-from dataclasses import dataclass, field, replace
-from queue import PriorityQueue
+import time
+from dataclasses import dataclass, field
+from queue import Empty, PriorityQueue
 from typing import Any, Literal
 
 from dramatiq import Broker, Message, Middleware, Worker
@@ -161,21 +162,47 @@ class LevelOrderedWorkQueue(PriorityQueue):  # type: ignore[type-arg]
         self.broker = broker
         self.strict = strict
         self.arrivals = itertools.count()
+        self.paused = False
+
+    def pause(self) -> None:
+        """Stop handing jobs to worker threads (see load_throttle); fetched jobs stay here,
+        so a shutdown still gives them back to the broker."""
+        with self.mutex:
+            self.paused = True
+
+    def resume(self) -> None:
+        with self.not_empty:
+            self.paused = False
+            self.not_empty.notify_all()
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        if not block:  # Worker.stop drains the queue this way, paused or not
+            return super().get(False)
+        # Queue.get, plus: while paused, wait as if empty.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.not_empty:
+            while self.paused or not self._qsize():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise Empty
+                self.not_empty.wait(remaining)
+            item = self._get()
+            self.not_full.notify()
+            return item
 
     def _put(self, item: Any) -> None:
         message = item.message
         actor = self.broker.actors.get(message.actor_name)
         tie = actor.priority if actor is not None and isinstance(actor.priority, int) else 0
         if self.strict:
-            key: tuple[int, ...] = (
-                LEVEL_RANKS[message_level(self.broker, message)],
-                tie,
-                next(self.arrivals),
-            )
+            level = message.options.get("priority")
+            if level not in LEVEL_RANKS:
+                level = actor_level(actor.priority) if actor is not None else DEFAULT_LEVEL
+            key: tuple[int, ...] = (LEVEL_RANKS[level], tie, next(self.arrivals))
         else:
             key = (tie, next(self.arrivals))
-        # Keep Dramatiq's item type (Worker.stop requeues item.message), with an int priority.
-        heapq.heappush(self.queue, (key, replace(item, priority=key[0])))
+        # The item itself is kept as is (Worker.stop hands item.message back).
+        heapq.heappush(self.queue, (key, item))
 
     def _get(self) -> Any:
         return heapq.heappop(self.queue)[1]

@@ -51,6 +51,11 @@ def url_for(kind: str) -> str:
     return {"redis": REDIS_URL, "rabbitmq": RABBITMQ_URL, "embedded": EMBEDDED_URL}[kind]
 
 
+def env_for(kind: str) -> dict[str, str]:
+    """Environment a process needs for ``kind``: RabbitMQ keeps limit state in the test Redis."""
+    return {"JOBKIT_RATE_LIMIT_URL": REDIS_URL} if kind == "rabbitmq" else {}
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     kinds = selected_kinds()
     if "broker_kind" in metafunc.fixturenames:
@@ -96,6 +101,11 @@ def flush(broker: Broker) -> None:
         # Test Redis db / private embedded server: nothing else lives there.
         broker.client.flushdb()
         return
+    for middleware in broker.middleware:
+        store = getattr(middleware, "store", None)
+        if store is not None:
+            for key in store.client.scan_iter(match="jobkit:limits:*"):
+                store.client.delete(key)
     for queue in set(broker.get_declared_queues()) | set(TEST_QUEUES):
         broker.declare_queue(queue)
     broker.flush_all()
@@ -108,7 +118,16 @@ def make_broker(kind: str) -> Broker:
 
     if kind == "stub":
         return StubBroker(middleware=build_stack())
-    broker = build_broker(url_for(kind))
+    saved = {name: os.environ.get(name) for name in env_for(kind)}
+    os.environ.update(env_for(kind))
+    try:
+        broker = build_broker(url_for(kind))
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     check_broker(broker)  # raises: a dead broker fails the test, never skips it
     return broker
 

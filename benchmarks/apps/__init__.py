@@ -1,0 +1,1 @@
+"""Worker modules for ``dramatiq``: one app per system under test."""

@@ -1,0 +1,142 @@
+"""Run a system under test through the real ``dramatiq`` CLI and count what it finishes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dramatiq import Broker
+
+from benchmarks.plain import plain_broker
+from benchmarks.workload import COMPLETIONS_ENV, PLAIN_QUEUE, QUEUE, BenchActors, declare
+from brokers import build_broker, queue_depths
+from brokers.processes import stop_process_group
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class System:
+    """One side of an A/B comparison: jobkit's stack, or stock Dramatiq."""
+
+    name: str
+    app: str
+    queue: str
+
+    def sender(self, url: str, *, confirm: bool) -> tuple[Broker, BenchActors]:
+        """A broker for the benchmark process plus the actors declared on it.
+
+        ``confirm=False`` gives a fast RabbitMQ publisher for filling backlogs;
+        what is measured is sent with the system's own settings.
+        """
+        if self.name == "jobkit":
+            broker = build_broker(url)
+            if not confirm and hasattr(broker, "confirm_delivery"):
+                broker.confirm_delivery = False
+        else:
+            broker = plain_broker(url)
+        return broker, declare(broker, jobkit=self.name == "jobkit")
+
+    def worker_env(self, url: str, completions: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        env[COMPLETIONS_ENV] = str(completions)
+        env["JOBKIT_BROKER_URL" if self.name == "jobkit" else "JOBKIT_BENCH_PLAIN_URL"] = url
+        return env
+
+
+JOBKIT = System("jobkit", "benchmarks.apps.jobkit_app", QUEUE)
+PLAIN = System("dramatiq", "benchmarks.apps.plain_app", PLAIN_QUEUE)
+
+
+@contextlib.contextmanager
+def running_workers(
+    system: System, url: str, completions: Path, *, processes: int = 1, threads: int = 8
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``dramatiq <app> -p P -t T -Q <queue>`` in its own process group, stopped on exit."""
+    log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - must outlive this block's body
+        prefix=f"jobkit-bench-{system.name}-", suffix=".log", delete=False
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        system.app,
+        "-p",
+        str(processes),
+        "-t",
+        str(threads),
+        "-Q",
+        system.queue,
+        "--worker-shutdown-timeout",
+        "5000",
+    ]
+    workers = subprocess.Popen(
+        command,
+        env=system.worker_env(url, completions),
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield workers
+    finally:
+        stop_process_group(workers)
+        log.close()
+        with contextlib.suppress(OSError):
+            os.unlink(log.name)
+
+
+def completed(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.005
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def ready_count(broker: Broker, queue: str) -> int:
+    return sum(d.ready for d in queue_depths(broker, {queue}) if d.queue == queue)
+
+
+def machine_facts() -> dict[str, Any]:
+    import dramatiq
+    import pika
+    import redis
+
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "dramatiq": dramatiq.__version__,
+        "redis_py": redis.__version__,
+        "pika": pika.__version__,
+        "load_average": os.getloadavg(),
+    }

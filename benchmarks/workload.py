@@ -1,0 +1,69 @@
+"""The jobs benchmarks run, declared the same way on a jobkit broker and on a plain one."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import dramatiq
+from dramatiq import Actor, Broker
+
+QUEUE = "bench"
+#: Plain Dramatiq declares queues without x-max-priority, so on RabbitMQ it needs its own.
+PLAIN_QUEUE = "bench-plain"
+COMPLETIONS_ENV = "JOBKIT_BENCH_COMPLETIONS"
+
+_completions_fd: int | None = None
+
+
+def _record_completion() -> None:
+    """One byte per finished job in $JOBKIT_BENCH_COMPLETIONS: counted outside the broker."""
+    global _completions_fd
+    if _completions_fd is None:
+        _completions_fd = os.open(
+            os.environ[COMPLETIONS_ENV], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
+        )
+    os.write(_completions_fd, b".")
+
+
+@dataclass(frozen=True)
+class BenchActors:
+    noop: Actor
+    backlog: Actor
+    probe: Actor
+
+
+def declare(broker: Broker, *, jobkit: bool) -> BenchActors:
+    """Declare the benchmark actors on ``broker``.
+
+    On jobkit the backlog runs at level ``low`` and the probe at ``critical``; on
+    plain Dramatiq the best it offers, actor priorities (lower runs sooner),
+    which only reorder messages a worker has already fetched.
+    """
+    low, urgent = ("low", "critical") if jobkit else (100, 0)
+
+    def bench_noop() -> None:
+        _record_completion()
+
+    def bench_backlog(ms: int) -> None:
+        time.sleep(ms / 1000)
+
+    def bench_probe(trial: int, sent_at: float, path: str) -> None:
+        started_at = time.time()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, f"{trial} {sent_at!r} {started_at!r}\n".encode())
+        finally:
+            os.close(fd)
+
+    queue = QUEUE if jobkit else PLAIN_QUEUE
+
+    def make(fn, priority) -> Actor:  # noqa: ANN001
+        return dramatiq.actor(fn, broker=broker, queue_name=queue, priority=priority, max_retries=0)
+
+    return BenchActors(
+        noop=make(bench_noop, 0 if not jobkit else "normal"),
+        backlog=make(bench_backlog, low),
+        probe=make(bench_probe, urgent),
+    )
