@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,18 +20,24 @@ from dramatiq import Broker
 from benchmarks.plain import plain_broker
 from benchmarks.workload import COMPLETIONS_ENV, PLAIN_QUEUE, QUEUE, BenchActors, declare
 from brokers import build_broker, queue_depths
-from brokers.processes import stop_process_group
+from brokers.processes import start_process_group, stop_process_group
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
 class System:
-    """One side of an A/B comparison: jobkit's stack, or stock Dramatiq."""
+    """One side of an A/B comparison: jobkit's stack (maybe less some middleware), or Dramatiq."""
 
     name: str
     app: str
     queue: str
+    #: Middleware class names the jobkit app removes (see benchmarks.apps.jobkit_app).
+    without: tuple[str, ...] = ()
+
+    @property
+    def is_jobkit(self) -> bool:
+        return self.app == JOBKIT_APP
 
     def sender(self, url: str, *, confirm: bool) -> tuple[Broker, BenchActors]:
         """A broker for the benchmark process plus the actors declared on it.
@@ -38,24 +45,59 @@ class System:
         ``confirm=False`` gives a fast RabbitMQ publisher for filling backlogs;
         what is measured is sent with the system's own settings.
         """
-        if self.name == "jobkit":
+        if self.is_jobkit:
             broker = build_broker(url)
             if not confirm and hasattr(broker, "confirm_delivery"):
                 broker.confirm_delivery = False
         else:
             broker = plain_broker(url)
-        return broker, declare(broker, jobkit=self.name == "jobkit")
+        return broker, declare(broker, jobkit=self.is_jobkit)
 
     def worker_env(self, url: str, completions: Path) -> dict[str, str]:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         env[COMPLETIONS_ENV] = str(completions)
-        env["JOBKIT_BROKER_URL" if self.name == "jobkit" else "JOBKIT_BENCH_PLAIN_URL"] = url
+        env["JOBKIT_BROKER_URL" if self.is_jobkit else "JOBKIT_BENCH_PLAIN_URL"] = url
+        env["JOBKIT_BENCH_WITHOUT"] = ",".join(self.without)
         return env
 
 
-JOBKIT = System("jobkit", "benchmarks.apps.jobkit_app", QUEUE)
+JOBKIT_APP = "benchmarks.apps.jobkit_app"
+JOBKIT = System("jobkit", JOBKIT_APP, QUEUE)
 PLAIN = System("dramatiq", "benchmarks.apps.plain_app", PLAIN_QUEUE)
+
+
+LIMIT_STATE_URL = "redis://127.0.0.1:6379/14"
+
+
+@contextlib.contextmanager
+def broker_environment(broker_name: str) -> Iterator[None]:
+    """RabbitMQ keeps rate-limit state in a Redis: point jobkit at the benchmark one."""
+    if broker_name != "rabbitmq" or os.environ.get("JOBKIT_RATE_LIMIT_URL"):
+        yield
+        return
+    os.environ["JOBKIT_RATE_LIMIT_URL"] = LIMIT_STATE_URL
+    try:
+        yield
+    finally:
+        del os.environ["JOBKIT_RATE_LIMIT_URL"]
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds used so far by the live processes of group ``pgid``."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # Fields after the command: state ppid pgrp ... utime(12th) stime(13th).
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
 
 
 @contextlib.contextmanager
@@ -63,9 +105,7 @@ def running_workers(
     system: System, url: str, completions: Path, *, processes: int = 1, threads: int = 8
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``dramatiq <app> -p P -t T -Q <queue>`` in its own process group, stopped on exit."""
-    log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - must outlive this block's body
-        prefix=f"jobkit-bench-{system.name}-", suffix=".log", delete=False
-    )
+    log = Path(tempfile.mkdtemp(prefix="jobkit-bench-")) / f"{system.name}-workers.log"
     command = [
         sys.executable,
         "-m",
@@ -80,22 +120,14 @@ def running_workers(
         "--worker-shutdown-timeout",
         "5000",
     ]
-    workers = subprocess.Popen(
-        command,
-        env=system.worker_env(url, completions),
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    workers = start_process_group(
+        command, env=system.worker_env(url, completions), log=log, cwd=REPO
     )
     try:
         yield workers
     finally:
         stop_process_group(workers)
-        log.close()
-        with contextlib.suppress(OSError):
-            os.unlink(log.name)
+        shutil.rmtree(log.parent, ignore_errors=True)
 
 
 def completed(path: Path) -> int:

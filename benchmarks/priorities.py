@@ -33,6 +33,7 @@ from benchmarks.harness import (
     JOBKIT,
     PLAIN,
     System,
+    broker_environment,
     completed,
     machine_facts,
     ready_count,
@@ -124,36 +125,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 url = URLS[broker_name]
             console.print(f"[bold]{broker_name}[/]")
-            result: dict[str, Any] = {"latency": {}, "throughput": {"jobkit": [], "dramatiq": []}}
-            for system in (PLAIN, JOBKIT) if "latency" in args.scenarios else ():
-                console.print(
-                    f"  urgent job behind {args.backlog} x {args.job_ms} ms: {system.name}"
-                )
-                result["latency"][system.name] = urgent_latency(
-                    system,
-                    url,
-                    backlog=args.backlog,
-                    job_ms=args.job_ms,
-                    trials=args.trials,
-                    pause_s=args.pause,
-                )
-            for repeat in range(args.repeat if "throughput" in args.scenarios else 0):
-                order = (PLAIN, JOBKIT) if repeat % 2 == 0 else (JOBKIT, PLAIN)
-                for system in order:
-                    console.print(f"  no-op throughput, run {repeat + 1}: {system.name}")
-                    result["throughput"][system.name].append(
-                        noop_throughput(system, url, jobs=args.noop_jobs)
-                    )
-            result["throughput"]["ratios"] = [
-                j / p
-                for j, p in zip(
-                    result["throughput"]["jobkit"], result["throughput"]["dramatiq"], strict=True
-                )
-            ]
-            report["brokers"][broker_name] = result
+            with broker_environment(broker_name):
+                report["brokers"][broker_name] = run_broker(args, url)
     finally:
         embedded.stop(embedded_home)
     return report
+
+
+def run_broker(args: argparse.Namespace, url: str) -> dict[str, Any]:
+    result: dict[str, Any] = {"latency": {}, "throughput": {"jobkit": [], "dramatiq": []}}
+    for system in (PLAIN, JOBKIT) if "latency" in args.scenarios else ():
+        console.print(f"  urgent job behind {args.backlog} x {args.job_ms} ms: {system.name}")
+        result["latency"][system.name] = urgent_latency(
+            system,
+            url,
+            backlog=args.backlog,
+            job_ms=args.job_ms,
+            trials=args.trials,
+            pause_s=args.pause,
+        )
+    for repeat in range(args.repeat if "throughput" in args.scenarios else 0):
+        for system in (PLAIN, JOBKIT) if repeat % 2 == 0 else (JOBKIT, PLAIN):
+            console.print(f"  no-op throughput, run {repeat + 1}: {system.name}")
+            result["throughput"][system.name].append(
+                noop_throughput(system, url, jobs=args.noop_jobs)
+            )
+    jobkit, plain = result["throughput"]["jobkit"], result["throughput"]["dramatiq"]
+    result["throughput"]["ratios"] = [j / p for j, p in zip(jobkit, plain, strict=True)]
+    return result
 
 
 def print_report(report: dict[str, Any]) -> None:

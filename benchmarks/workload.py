@@ -32,6 +32,8 @@ class BenchActors:
     noop: Actor
     backlog: Actor
     probe: Actor
+    #: jobkit only: an actor limited to 5 jobs a second.
+    limited: Actor | None = None
 
 
 def declare(broker: Broker, *, jobkit: bool) -> BenchActors:
@@ -59,11 +61,17 @@ def declare(broker: Broker, *, jobkit: bool) -> BenchActors:
 
     queue = QUEUE if jobkit else PLAIN_QUEUE
 
-    def make(fn, priority) -> Actor:  # noqa: ANN001
-        return dramatiq.actor(fn, broker=broker, queue_name=queue, priority=priority, max_retries=0)
+    def make(fn, priority, **options) -> Actor:  # noqa: ANN001, ANN003
+        return dramatiq.actor(
+            fn, broker=broker, queue_name=queue, priority=priority, max_retries=0, **options
+        )
+
+    def bench_limited() -> None:
+        _record_completion()
 
     return BenchActors(
         noop=make(bench_noop, 0 if not jobkit else "normal"),
         backlog=make(bench_backlog, low),
         probe=make(bench_probe, urgent),
+        limited=make(bench_limited, "normal", rate_limit="5/s") if jobkit else None,
     )

@@ -6,8 +6,29 @@ import contextlib
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 STOP_TIMEOUT_S = 20.0
+
+
+def start_process_group(
+    command: list[str], *, env: dict[str, str], log: Path, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` as the leader of a new session, stdout and stderr appended to ``log``.
+
+    Its own session: a Ctrl-C in our terminal reaches only us, and we decide
+    how its processes stop (see :func:`stop_process_group`).
+    """
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            command,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def stop_process_group(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_S) -> int:

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .. import check_broker, embedded, queue_depths
 from ..errors import JobkitError
-from ..processes import stop_process_group
+from ..processes import start_process_group, stop_process_group
 from ..urls import BROKER_URL_ENV, spec_from_env
 from .output import print_json, print_table, stderr
 
@@ -210,15 +210,8 @@ def _workers(
         "--worker-shutdown-timeout",
         "10000",
     ]
-    with open(log_path, "wb") as log:
-        workers = subprocess.Popen(
-            command,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    log_path.unlink(missing_ok=True)
+    workers = start_process_group(command, env=env, log=log_path)
     try:
         yield workers
     finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 import dramatiq
 from dramatiq import Broker
 
-from brokers.processes import stop_process_group
+from brokers.processes import start_process_group, stop_process_group
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,16 +71,9 @@ def run_jobkit(
 
 def start_dramatiq(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """``dramatiq ARGS`` (the stock CLI) in its own process group, output to ``log``."""
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", *args],
-            env=env,
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    return start_process_group(
+        [sys.executable, "-m", "dramatiq", *args], env=env, log=log, cwd=REPO
+    )
 
 
 def stop_group(process: subprocess.Popen[bytes], timeout: float = 20) -> int:

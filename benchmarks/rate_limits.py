@@ -1,0 +1,164 @@
+"""Rate-limit benchmarks: worker CPU while every job waits on its limit; the cost of RateLimits.
+
+    python -m benchmarks.rate_limits [--brokers redis,rabbitmq,embedded] [--json PATH]
+
+CPU: one jobkit worker (1 process x 8 threads, real ``dramatiq`` CLI) idles for
+a window, then holds ``--limited-jobs`` jobs of an actor limited to 5/s and is
+measured for the same window; CPU seconds of the worker's process group per
+wall second (1.0 = one core busy).
+
+Throughput: no-op jobs of an unlimited actor, jobkit's full stack against the
+same stack without RateLimits, interleaved, K times; ratios pair by pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.harness import (
+    JOBKIT,
+    System,
+    broker_environment,
+    completed,
+    group_cpu_seconds,
+    machine_facts,
+    running_workers,
+    wait_for,
+)
+from benchmarks.priorities import URLS, fill, noop_throughput
+from brokers import embedded
+from brokers.errors import JobkitError
+
+console = Console(stderr=True)
+WITHOUT_RATE_LIMITS = System("jobkit-without-ratelimits", JOBKIT.app, JOBKIT.queue, ("RateLimits",))
+
+
+def limited_cpu(url: str, *, jobs: int, window_s: float) -> dict[str, float]:
+    """Worker CPU share: idle, then while ``jobs`` jobs of a 5/s actor wait on the limit."""
+    filler, bench = JOBKIT.sender(url, confirm=False)
+    filler.flush_all()
+    work = Path(tempfile.mkdtemp(prefix="jobkit-bench-"))
+    completions = work / "completions"
+    with running_workers(JOBKIT, url, completions) as workers:
+        bench.noop.send()
+        wait_for(lambda: completed(completions) >= 1, 60, "the worker to start")
+        time.sleep(1.0)
+        before = group_cpu_seconds(workers.pid)
+        time.sleep(window_s)
+        idle = (group_cpu_seconds(workers.pid) - before) / window_s
+
+        assert bench.limited is not None
+        fill(bench.limited, jobs)
+        # Let every job be fetched and deferred once, then measure the waiting.
+        time.sleep(3.0)
+        before, started, done_before = (
+            group_cpu_seconds(workers.pid),
+            time.monotonic(),
+            completed(completions),
+        )
+        time.sleep(window_s)
+        elapsed = time.monotonic() - started
+        limited = (group_cpu_seconds(workers.pid) - before) / elapsed
+        ran = completed(completions) - done_before
+    filler.flush_all()
+    filler.close()
+    return {"idle_cpu": idle, "limited_cpu": limited, "limited_rate": ran / elapsed}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    report: dict[str, Any] = {"machine": machine_facts(), "settings": vars(args), "brokers": {}}
+    home = Path(tempfile.mkdtemp(prefix="jk-bench-", dir="/tmp"))
+    try:
+        for name in args.brokers:
+            url = embedded.ensure_server(home).url if name == "embedded" else URLS[name]
+            console.print(f"[bold]{name}[/]")
+            with broker_environment(name):
+                report["brokers"][name] = run_broker(args, url)
+    finally:
+        embedded.stop(home)
+    return report
+
+
+def run_broker(args: argparse.Namespace, url: str) -> dict[str, Any]:
+    console.print(f"  worker CPU, idle and with {args.limited_jobs} limited jobs")
+    result: dict[str, Any] = {"cpu": limited_cpu(url, jobs=args.limited_jobs, window_s=args.window)}
+    rates: dict[str, list[float]] = {"with": [], "without": []}
+    for repeat in range(args.repeat):
+        order = [("with", JOBKIT), ("without", WITHOUT_RATE_LIMITS)]
+        for label, system in order if repeat % 2 == 0 else order[::-1]:
+            console.print(f"  unlimited no-op throughput, run {repeat + 1}: {label} RateLimits")
+            rates[label].append(noop_throughput(system, url, jobs=args.noop_jobs))
+    ratios = [w / wo for w, wo in zip(rates["with"], rates["without"], strict=True)]
+    result["throughput"] = {**rates, "ratios": ratios}
+    return result
+
+
+def print_report(report: dict[str, Any]) -> None:
+    table = Table(title="rate limits: worker CPU while all jobs wait; cost for unlimited jobs")
+    columns = (
+        "broker", "idle CPU", "CPU, all jobs limited", "limited jobs/s (limit 5)",
+        "no-op jobs/s with RateLimits", "without", "with/without (median, min-max)",
+    )  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column == "broker" else "right")
+    for name, result in report["brokers"].items():
+        cpu, rates = result["cpu"], result["throughput"]
+        ratios = rates["ratios"]
+        table.add_row(
+            name,
+            f"{cpu['idle_cpu'] * 100:.1f}%",
+            f"{cpu['limited_cpu'] * 100:.1f}%",
+            f"{cpu['limited_rate']:.1f}",
+            f"{statistics.median(rates['with']):.0f}",
+            f"{statistics.median(rates['without']):.0f}",
+            f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})",
+        )
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.rate_limits",
+        description="Measure worker CPU while every job waits on its rate limit, and the "
+        "throughput of unlimited jobs with and without the RateLimits middleware.",
+    )
+    parser.add_argument(
+        "--brokers",
+        default="redis,rabbitmq,embedded",
+        type=lambda text: [b.strip() for b in text.split(",") if b.strip()],
+        help="comma-separated: redis, rabbitmq, embedded (default: all)",
+    )
+    parser.add_argument("--limited-jobs", type=int, default=2000, help="jobs held by the limit")
+    parser.add_argument("--window", type=float, default=10.0, help="CPU window, seconds")
+    parser.add_argument("--noop-jobs", type=int, default=5000, help="no-op jobs per run")
+    parser.add_argument("--repeat", type=int, default=3, help="throughput runs per side")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write every raw sample here")
+    args = parser.parse_args(argv)
+    unknown = set(args.brokers) - {"redis", "rabbitmq", "embedded"}
+    if unknown:
+        parser.error(f"unknown brokers: {', '.join(sorted(unknown))}")
+    try:
+        report = run(args)
+    except (JobkitError, TimeoutError) as error:
+        print(f"benchmarks: error: {error}", file=sys.stderr)
+        return 1
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+        console.print(f"raw samples written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
