@@ -130,6 +130,13 @@ def running_workers(
         shutil.rmtree(log.parent, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def scratch() -> Iterator[Path]:
+    """A temporary directory for one measurement's files, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="jobkit-bench-") as path:
+        yield Path(path)
+
+
 def completed(path: Path) -> int:
     try:
         return path.stat().st_size

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -38,6 +39,7 @@ from benchmarks.harness import (
     machine_facts,
     ready_count,
     running_workers,
+    scratch,
     wait_for,
 )
 from brokers import embedded
@@ -62,11 +64,10 @@ def urgent_latency(
     filler, bench = system.sender(url, confirm=False)
     measured, measured_bench = system.sender(url, confirm=True)
     filler.flush_all()
-    work = Path(tempfile.mkdtemp(prefix="jobkit-bench-"))
-    probes = work / "probes"
     fill(bench.backlog, backlog, job_ms)
-    samples, depths = [], []
-    with running_workers(system, url, work / "completions"):
+    depths = []
+    with scratch() as work, running_workers(system, url, work / "completions"):
+        probes = work / "probes"
         wait_for(
             lambda: ready_count(filler, system.queue) < backlog - 50, 60, "the worker to start"
         )
@@ -81,10 +82,10 @@ def urgent_latency(
                 f"probe {trial}",
             )
             time.sleep(pause_s)
-    samples = [
-        float(started) - float(sent)
-        for _, sent, started in (line.split() for line in probes.read_text().splitlines())
-    ]
+        samples = [
+            float(started) - float(sent)
+            for _, sent, started in (line.split() for line in probes.read_text().splitlines())
+        ]
     filler.flush_all()
     filler.close()
     measured.close()
@@ -95,10 +96,9 @@ def noop_throughput(system: System, url: str, *, jobs: int) -> float:
     """No-op jobs per second drained by one 1x8 worker, from 5% to 100% done."""
     filler, bench = system.sender(url, confirm=False)
     filler.flush_all()
-    work = Path(tempfile.mkdtemp(prefix="jobkit-bench-"))
-    completions = work / "completions"
     fill(bench.noop, jobs)
-    with running_workers(system, url, completions):
+    with scratch() as work, running_workers(system, url, work / "completions"):
+        completions = work / "completions"
         start_mark = max(jobs // 20, 1)
         wait_for(lambda: completed(completions) >= start_mark, 120, "the first jobs")
         started, done_at_start = time.monotonic(), completed(completions)
@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 report["brokers"][broker_name] = run_broker(args, url)
     finally:
         embedded.stop(embedded_home)
+        shutil.rmtree(embedded_home, ignore_errors=True)
     return report
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -34,6 +35,7 @@ from benchmarks.harness import (
     group_cpu_seconds,
     machine_facts,
     running_workers,
+    scratch,
     wait_for,
 )
 from benchmarks.priorities import URLS, fill, noop_throughput
@@ -48,9 +50,8 @@ def limited_cpu(url: str, *, jobs: int, window_s: float) -> dict[str, float]:
     """Worker CPU share: idle, then while ``jobs`` jobs of a 5/s actor wait on the limit."""
     filler, bench = JOBKIT.sender(url, confirm=False)
     filler.flush_all()
-    work = Path(tempfile.mkdtemp(prefix="jobkit-bench-"))
-    completions = work / "completions"
-    with running_workers(JOBKIT, url, completions) as workers:
+    with scratch() as work, running_workers(JOBKIT, url, work / "completions") as workers:
+        completions = work / "completions"
         bench.noop.send()
         wait_for(lambda: completed(completions) >= 1, 60, "the worker to start")
         time.sleep(1.0)
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 report["brokers"][name] = run_broker(args, url)
     finally:
         embedded.stop(home)
+        shutil.rmtree(home, ignore_errors=True)
     return report
 
 

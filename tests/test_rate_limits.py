@@ -328,3 +328,43 @@ def test_throttle_thresholds_from_the_environment(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("JOBKIT_THROTTLE_LOAD")
     monkeypatch.delenv("JOBKIT_THROTTLE_MEMORY")
     assert not LoadThrottle.from_env().enabled
+
+
+def test_a_callable_key_splits_limits_by_its_result() -> None:
+    actor = _actor_on_redis(rate_limit="1/s", rate_limit_key=lambda args, kwargs: args[0].upper())
+    limits = limits_of(actor)
+    assert limits is not None
+    assert limits.key(actor.message("example.com")) == "jobkit:limits:job:EXAMPLE.COM"
+
+
+def test_a_job_that_would_wait_past_max_wait_is_dead_lettered_without_retries(
+    real_broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from brokers import queue_depths
+
+    caplog.set_level(logging.INFO)
+    log_path = tmp_path / "jobs.jsonl"
+    real_broker.add_middleware(JobLog(log_path))
+
+    @dramatiq.actor(
+        queue_name="jobkit-test", broker=real_broker, rate_limit="1/s", rate_limit_max_wait=1500
+    )
+    def slow_partner(n: int) -> None: ...
+
+    for n in range(5):
+        slow_partner.send(n)
+
+    def dead() -> int:
+        return sum(d.dead_lettered for d in queue_depths(real_broker, {"jobkit-test"}))
+
+    with worker(real_broker, threads=2):
+        # Slots at 0 s and 1 s fit the 1.5 s budget; 2 s, 3 s and 4 s do not.
+        assert wait_until(lambda: dead() == 3, timeout=30)
+        assert wait_until(
+            lambda: sum(e["event"] == "end" for e in job_log.read(log_path)) == 2, timeout=30
+        )
+    assert all(e["retries"] == 0 for e in job_log.read(log_path))
+    warnings = [r for r in caplog.records if r.name == "jobkit.rate_limits" and r.levelno >= 30]
+    assert len(warnings) == 3 and all(r.levelname == "WARNING" for r in warnings)
+    assert "rate_limit_max_wait" in warnings[0].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
