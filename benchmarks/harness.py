@@ -34,6 +34,8 @@ class System:
     queue: str
     #: Middleware class names the jobkit app removes (see benchmarks.apps.jobkit_app).
     without: tuple[str, ...] = ()
+    #: Extra environment for its workers.
+    env: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_jobkit(self) -> bool:
@@ -59,11 +61,16 @@ class System:
         env[COMPLETIONS_ENV] = str(completions)
         env["JOBKIT_BROKER_URL" if self.is_jobkit else "JOBKIT_BENCH_PLAIN_URL"] = url
         env["JOBKIT_BENCH_WITHOUT"] = ",".join(self.without)
+        env.update(self.env)
         return env
 
 
 JOBKIT_APP = "benchmarks.apps.jobkit_app"
-JOBKIT = System("jobkit", JOBKIT_APP, QUEUE)
+#: Observability is measured on its own (benchmarks.observability); elsewhere it is off,
+#: so a comparison shows the cost of the feature under test.
+QUIET = (("JOBKIT_METRICS", "off"),)
+WITHOUT_OBSERVABILITY = ("JobLogging", "Metrics")
+JOBKIT = System("jobkit", JOBKIT_APP, QUEUE, WITHOUT_OBSERVABILITY, QUIET)
 PLAIN = System("dramatiq", "benchmarks.apps.plain_app", PLAIN_QUEUE)
 
 

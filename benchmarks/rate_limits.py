@@ -43,7 +43,13 @@ from brokers import embedded
 from brokers.errors import JobkitError
 
 console = Console(stderr=True)
-WITHOUT_RATE_LIMITS = System("jobkit-without-ratelimits", JOBKIT.app, JOBKIT.queue, ("RateLimits",))
+WITHOUT_RATE_LIMITS = System(
+    "jobkit-without-ratelimits",
+    JOBKIT.app,
+    JOBKIT.queue,
+    (*JOBKIT.without, "RateLimits"),
+    JOBKIT.env,
+)
 
 
 def limited_cpu(url: str, *, jobs: int, window_s: float) -> dict[str, float]:

@@ -8,6 +8,7 @@ kind and the same middleware stack.
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 
@@ -60,6 +61,14 @@ def build_broker(url: str | None = None, *, spec: BrokerSpec | None = None) -> B
 
     if spec is None:
         spec = parse_broker_url(url) if url is not None else spec_from_env()
+    if os.environ.get("JOBKIT_LOG_FORMAT"):
+        from middleware.job_logging import configure_logging
+
+        configure_logging()
+    # Before any broker exists: sentry-sdk's Dramatiq integration hooks Broker.__init__.
+    from middleware.sentry import init_sentry
+
+    init_sentry()
     priority_config = PriorityConfig.from_env()
     stack = build_stack(priority_config)
     if spec.kind == "rabbitmq":

@@ -32,6 +32,7 @@ from typing import Any
 import redis
 
 from .errors import EmbeddedServerError
+from .processes import pid_alive
 
 # sun_path holds 108 bytes including the NUL; a longer path is silently
 # truncated by the server, and clients then miss it.
@@ -229,7 +230,7 @@ def stop(home: Path, timeout: float = STOP_TIMEOUT_S) -> bool:
         client.close()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not is_running(paths) and not _pid_alive(launcher_pid):
+        if not is_running(paths) and not pid_alive(launcher_pid):
             return True
         time.sleep(0.05)
     raise EmbeddedServerError(
@@ -242,23 +243,6 @@ def _read_launcher_pid(paths: EmbeddedPaths) -> int | None:
         return int(json.loads(paths.pid_file.read_text())["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by a parent that is still running)
-    # counts as gone.
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
-            return False
-    return True
 
 
 _LAUNCHER = "import sys; from brokers.embedded import serve; sys.exit(serve(sys.argv[1]))"

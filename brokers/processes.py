@@ -46,3 +46,19 @@ def stop_process_group(process: subprocess.Popen[bytes], timeout: float = STOP_T
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     return process.wait()
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True if process ``pid`` exists and is not a zombie."""
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError, IndexError):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True

@@ -11,9 +11,12 @@ from __future__ import annotations
 from dramatiq import Middleware
 from dramatiq.middleware import default_middleware
 
+from .job_logging import JobLogging
 from .load_throttle import LoadThrottle
+from .metrics import Metrics
 from .priorities import Priorities, PriorityConfig
 from .rate_limits import RateLimits
+from .sentry import SentryAlerts
 
 
 def build_stack(priority_config: PriorityConfig | None = None) -> list[Middleware]:
@@ -23,11 +26,19 @@ def build_stack(priority_config: PriorityConfig | None = None) -> list[Middlewar
     message's validated level; then Dramatiq's defaults (AgeLimit, TimeLimit,
     ShutdownNotifications, Callbacks, Pipelines, Retries); then ``RateLimits``,
     so a job too old for AgeLimit is dead-lettered rather than deferred; then
-    ``LoadThrottle`` (inactive unless configured).
+    ``JobLogging``, so ``job.started`` is logged only for a job that will run
+    (and, hooks after running in reverse, ``job.failed`` before Retries
+    schedules the next attempt); then ``LoadThrottle`` (inactive unless
+    configured). ``SentryAlerts`` sits after Retries for the same reason. With
+    ``SENTRY_DSN`` set, sentry-sdk's own Dramatiq middleware goes first (it
+    inserts itself when the broker is created).
     """
     return [
         Priorities(priority_config),
         *(middleware_class() for middleware_class in default_middleware),
         RateLimits(),
+        JobLogging(),
+        SentryAlerts(),
+        Metrics(),
         LoadThrottle.from_env(),
     ]

@@ -33,6 +33,7 @@ local lease_ms = tonumber(ARGV[6])
 local since = tonumber(ARGV[7])        -- first deferral of this job; -1 = never deferred
 local max_wait = tonumber(ARGV[8])
 local default_avg = tonumber(ARGV[9])
+local waiter_id = ARGV[10]             -- the job (message id): one entry while it waits
 local waited = 0
 if since >= 0 then waited = now - since end
 
@@ -64,8 +65,7 @@ end
 if conc_limit > 0 then
     local waiting_key = conc_key .. ":waiting"
     redis.call("ZREMRANGEBYSCORE", conc_key, "-inf", now)
-    if redis.call("ZSCORE", conc_key, lease_id) == false
-        and redis.call("ZCARD", conc_key) >= conc_limit then
+    if redis.call("ZCARD", conc_key) >= conc_limit then
         redis.call("ZREMRANGEBYSCORE", waiting_key, "-inf", now - 60000)
         local waiters = redis.call("ZCARD", waiting_key)
         local avg = tonumber(redis.call("HGET", conc_key .. ":stats", "avg_ms") or default_avg)
@@ -75,13 +75,13 @@ if conc_limit > 0 then
         if waited + wait > max_wait then
             return {3, wait, taken_slot, now}
         end
-        redis.call("ZADD", waiting_key, now + wait, lease_id)
+        redis.call("ZADD", waiting_key, now + wait, waiter_id)
         redis.call("PEXPIRE", waiting_key, 120000)
         return {2, wait, taken_slot, now}
     end
     redis.call("ZADD", conc_key, now + lease_ms, lease_id)
     redis.call("PEXPIRE", conc_key, lease_ms * 2)
-    redis.call("ZREM", waiting_key, lease_id)
+    redis.call("ZREM", waiting_key, waiter_id)
 end
 return {0, 0, taken_slot, now}
 """
@@ -131,7 +131,9 @@ class Ask:
     interval_ms: float = 0.0
     burst: int = 1
     concurrency: int = 0
+    #: Unique per delivery: a retry of the same job may run while this one ends.
     lease_id: str = ""
+    waiter_id: str = ""
     lease_ms: int = 30_000
     slot_ms: int = -1
     since_ms: int = -1
@@ -161,6 +163,7 @@ class RedisLimitStore:
                 ask.since_ms,
                 ask.max_wait_ms,
                 ask.default_duration_ms,
+                ask.waiter_id or ask.lease_id,
             ],
         )
         return Decision(Outcome(int(outcome)), int(wait_ms), int(slot_ms), int(now_ms))

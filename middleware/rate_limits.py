@@ -29,19 +29,23 @@ import random
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+import structlog
 from dramatiq import Broker, Message, Middleware, Worker
 from dramatiq.middleware import MiddlewareError, SkipMessage
 
 from brokers.errors import JobkitError
 
+from . import outcomes
+from .deliveries import CurrentDelivery
 from .rate_limit_store import Ask, Outcome, RedisLimitStore
 
-logger = logging.getLogger("jobkit.rate_limits")
+logger = structlog.get_logger("jobkit.rate_limits")
 
 LEASE_ENV = "JOBKIT_CONCURRENCY_LEASE_MS"
 DEFAULT_LEASE_MS = 30_000
@@ -60,8 +64,11 @@ class RateLimitConfigError(JobkitError, MiddlewareError, ValueError):
     """An actor's limit options are invalid, or nothing can store limit state."""
 
 
-class RateLimitWaitExceeded(JobkitError):
-    """A job stayed over its limit longer than ``rate_limit_max_wait``; it is dead-lettered."""
+class RateLimitWaitExceeded(JobkitError, SkipMessage):
+    """A job stayed over its limit longer than ``rate_limit_max_wait``; it is dead-lettered.
+
+    A ``SkipMessage``: raised before the job runs, and kept as the message's exception.
+    """
 
     reason = "rate_limited"
 
@@ -183,7 +190,9 @@ class RateLimits(Middleware):
         self.store: RedisLimitStore | None = None
         self.no_store_reason = "no Redis is configured for rate-limit state"
         self._limits: dict[str, ActorLimits | None] = {}
+        #: lease id -> (concurrency key, lease id, start): every lease this process holds.
         self._leases: dict[str, tuple[str, str, float]] = {}
+        self._delivery = CurrentDelivery()
         self._leases_lock = threading.Lock()
         self._renewer: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -220,6 +229,7 @@ class RateLimits(Middleware):
         assert self.store is not None
         options = message.options
         key = limits.key(message)
+        lease_id = f"{message.message_id}:{uuid.uuid4().hex[:12]}"
         decision = self.store.acquire(
             Ask(
                 rate_key=f"{key}:rate",
@@ -227,7 +237,8 @@ class RateLimits(Middleware):
                 interval_ms=limits.interval_ms,
                 burst=limits.burst,
                 concurrency=limits.concurrency,
-                lease_id=message.message_id,
+                lease_id=lease_id,
+                waiter_id=message.message_id,
                 lease_ms=self.lease_ms,
                 slot_ms=int(options.get(SLOT, -1)),
                 since_ms=int(options.get(SINCE, -1)),
@@ -239,11 +250,8 @@ class RateLimits(Middleware):
         if decision.outcome is Outcome.RUN:
             if limits.concurrency:
                 with self._leases_lock:
-                    self._leases[message.message_id] = (
-                        f"{key}:running",
-                        message.message_id,
-                        time.monotonic(),
-                    )
+                    self._leases[lease_id] = (f"{key}:running", lease_id, time.monotonic())
+                self._delivery.start(message, lease_id=lease_id)
             return
         self._quiet.message_ids.add(message.message_id)
         if decision.outcome is Outcome.OVER_MAX_WAIT:
@@ -251,10 +259,9 @@ class RateLimits(Middleware):
                 f"job {message.message_id} of {message.actor_name} would wait over its "
                 f"rate_limit_max_wait; dead-lettered after {options.get(DEFERRALS, 0)} deferrals"
             )
+            outcomes.note(message.message_id, outcomes.RATE_LIMITED)
             message.fail()
-            message.stuff_exception(error)
-            logger.warning("%s", error)
-            raise SkipMessage(str(error))
+            raise error
         delay = decision.wait_ms + _jitter(decision.wait_ms)
         deferred = message.copy(
             options={
@@ -263,14 +270,16 @@ class RateLimits(Middleware):
                 **({SLOT: decision.slot_ms} if decision.slot_ms >= 0 else {}),
             }
         )
+        outcomes.note(message.message_id, outcomes.DEFERRED)
         broker.enqueue(deferred, delay=delay)
         logger.info(
-            "job %s of %s over its %s limit: deferred %d ms (deferral %d)",
-            message.message_id,
-            message.actor_name,
-            "rate" if decision.outcome is Outcome.WAIT_FOR_RATE else "concurrency",
-            delay,
-            deferred.options[DEFERRALS],
+            "job.rate_limited",
+            message_id=message.message_id,
+            actor=message.actor_name,
+            queue=message.queue_name,
+            limit="rate" if decision.outcome is Outcome.WAIT_FOR_RATE else "concurrency",
+            delay_ms=delay,
+            deferrals=deferred.options[DEFERRALS],
         )
         raise SkipMessage("rate limited: deferred")
 
@@ -298,8 +307,11 @@ class RateLimits(Middleware):
     def _release(self, message: Message) -> None:
         if not self._leases:  # the common case: no lease held in this process
             return
+        delivery = self._delivery.end(message)
+        if delivery is None:
+            return
         with self._leases_lock:
-            lease = self._leases.pop(message.message_id, None)
+            lease = self._leases.pop(delivery["lease_id"], None)
         if lease is None or self.store is None:
             return
         key, lease_id, started = lease
@@ -318,7 +330,7 @@ class RateLimits(Middleware):
             try:
                 self.store.renew(held, self.lease_ms)
             except redis.RedisError as error:
-                logger.warning("could not renew %d concurrency slots: %s", len(held), error)
+                logger.warning("rate_limits.renew_failed", leases=len(held), error=str(error))
 
 
 def _jitter(wait_ms: int) -> int:

@@ -29,6 +29,8 @@ REAL_KINDS = ("redis", "rabbitmq", "embedded")
 EMBEDDED_HOME = Path(tempfile.mkdtemp(prefix="jk-test-", dir="/tmp"))
 os.environ["JOBKIT_HOME"] = str(EMBEDDED_HOME)
 os.environ.pop("JOBKIT_BROKER_URL", None)
+# Workers started by tests leave metrics off unless a test turns them on (one port per host).
+os.environ["JOBKIT_METRICS"] = "off"
 
 REDIS_URL = os.environ.get("JOBKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 RABBITMQ_URL = os.environ.get("JOBKIT_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")

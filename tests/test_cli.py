@@ -17,7 +17,9 @@ from tests.support.processes import child_env, run_jobkit, wait_until, worker
 COMMANDS = [
     [],
     ["demo"],
+    ["worker"],
     ["queues"],
+    ["stats"],
     ["send"],
     ["embedded"],
     ["embedded", "status"],
@@ -35,7 +37,7 @@ def test_every_command_has_help(command: list[str]) -> None:
 def test_help_covers_every_subcommand_registered() -> None:
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.dest == "command")
-    assert set(subparsers.choices) == {"demo", "queues", "send", "embedded"}
+    assert set(subparsers.choices) == {"demo", "worker", "queues", "stats", "send", "embedded"}
 
 
 def test_queues_json_counts_ready_delayed_and_dead_lettered(

@@ -101,8 +101,11 @@ def test_stub_broker_has_no_limit_store() -> None:
 # ---------------------------------------------------------------- 20/s across processes
 
 
-def _rate(starts: list[float]) -> float:
+def _rate(starts: list[float], trim: float = 0.0) -> float:
+    """Jobs per second between the first and last start, after dropping ``trim`` of each end."""
     starts = sorted(starts)
+    cut = int(len(starts) * trim)
+    starts = starts[cut : len(starts) - cut]
     return (len(starts) - 1) / (starts[-1] - starts[0])
 
 
@@ -158,9 +161,10 @@ def test_two_keys_at_10_per_second_proceed_independently(real_broker: Broker) ->
                 lambda: sum(e["event"] == "end" for e in job_log.read(log_path)) >= 80, timeout=60
             )
         starts = [e for e in job_log.read(log_path) if e["event"] == "start"]
+        # Trimmed: one straggler held up by a busy machine says little about the limit.
         for key in ("a", "b"):
-            assert 8.5 <= _rate([e["t"] for e in starts if e["args"][0] == key]) <= 11.5
-        assert 17.0 <= _rate([e["t"] for e in starts]) <= 23.0
+            assert 8.5 <= _rate([e["t"] for e in starts if e["args"][0] == key], 0.05) <= 11.5
+        assert 17.0 <= _rate([e["t"] for e in starts], 0.05) <= 23.0
     finally:
         log_path.unlink(missing_ok=True)
 
@@ -338,10 +342,15 @@ def test_a_callable_key_splits_limits_by_its_result() -> None:
 
 
 def test_a_job_that_would_wait_past_max_wait_is_dead_lettered_without_retries(
-    real_broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    real_broker: Broker,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from brokers import queue_depths
+    from middleware import job_logging
 
+    monkeypatch.setattr(job_logging, "_configured", "json")  # job events on, handlers untouched
     caplog.set_level(logging.INFO)
     log_path = tmp_path / "jobs.jsonl"
     real_broker.add_middleware(JobLog(log_path))
@@ -364,7 +373,16 @@ def test_a_job_that_would_wait_past_max_wait_is_dead_lettered_without_retries(
             lambda: sum(e["event"] == "end" for e in job_log.read(log_path)) == 2, timeout=30
         )
     assert all(e["retries"] == 0 for e in job_log.read(log_path))
-    warnings = [r for r in caplog.records if r.name == "jobkit.rate_limits" and r.levelno >= 30]
-    assert len(warnings) == 3 and all(r.levelname == "WARNING" for r in warnings)
-    assert "rate_limit_max_wait" in warnings[0].getMessage()
+    dead_events = [
+        r for r in caplog.records
+        if isinstance(r.msg, dict) and r.msg.get("event") == "job.dead_lettered"
+    ]  # fmt: skip
+    assert len(dead_events) == 3
+    assert all(r.levelname == "WARNING" and r.msg["reason"] == "rate_limited" for r in dead_events)
+    assert "rate_limit_max_wait" in dead_events[0].msg["exc_message"]
+    assert dead_events[0].msg["exc_type"] == "RateLimitWaitExceeded"
+    skipped = [
+        r for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("event") == "job.skipped"
+    ]
+    assert skipped == [], "a rate-limited dead letter is not also a skip"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

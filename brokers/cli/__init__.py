@@ -11,9 +11,9 @@ import redis
 
 from ..errors import JobkitError
 from ..urls import BROKER_URL_ENV, HOME_ENV
-from . import demo, embedded, queues, send
+from . import demo, embedded, queues, send, stats, worker
 
-COMMANDS = (demo, queues, send, embedded)
+COMMANDS = (demo, worker, queues, stats, send, embedded)
 
 EPILOG = f"""\
 environment:
@@ -42,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # `jobkit worker` passes options it does not know on to dramatiq.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "worker":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "worker":
+        args.dramatiq_args = [*unknown, *args.dramatiq_args]
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

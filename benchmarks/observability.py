@@ -1,0 +1,133 @@
+"""Observability benchmark: no-op throughput with JSON job logs and metrics on vs off.
+
+    python -m benchmarks.observability [--brokers redis,rabbitmq,embedded] [--json PATH]
+
+Same worker (1 process x 8 threads, real ``dramatiq`` CLI), same broker, same run,
+interleaved K times: jobkit's stack with ``JobLogging`` (JSON, two lines per job into
+the worker's log file) and ``Metrics`` (multiprocess files plus the exporter) against
+the same stack without both. Ratios pair by pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.harness import JOBKIT, System, broker_environment, machine_facts
+from benchmarks.priorities import URLS, noop_throughput
+from brokers import embedded
+from brokers.errors import JobkitError
+
+console = Console(stderr=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def systems() -> tuple[System, System]:
+    on = System(
+        "logs+metrics on",
+        JOBKIT.app,
+        JOBKIT.queue,
+        (),
+        (
+            ("JOBKIT_LOG_FORMAT", "json"),
+            ("JOBKIT_METRICS", "on"),
+            ("JOBKIT_METRICS_PORT", str(_free_port())),
+        ),
+    )
+    off = System("logs+metrics off", JOBKIT.app, JOBKIT.queue, JOBKIT.without, JOBKIT.env)
+    return on, off
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    report: dict[str, Any] = {"machine": machine_facts(), "settings": vars(args), "brokers": {}}
+    home = Path(tempfile.mkdtemp(prefix="jk-bench-", dir="/tmp"))
+    on, off = systems()
+    try:
+        for name in args.brokers:
+            url = embedded.ensure_server(home).url if name == "embedded" else URLS[name]
+            console.print(f"[bold]{name}[/]")
+            rates: dict[str, list[float]] = {"on": [], "off": []}
+            with broker_environment(name):
+                for repeat in range(args.repeat):
+                    order = [("on", on), ("off", off)]
+                    for label, system in order if repeat % 2 == 0 else order[::-1]:
+                        console.print(f"  no-op throughput, run {repeat + 1}: {system.name}")
+                        rates[label].append(noop_throughput(system, url, jobs=args.noop_jobs))
+            ratios = [a / b for a, b in zip(rates["on"], rates["off"], strict=True)]
+            report["brokers"][name] = {**rates, "ratios": ratios}
+    finally:
+        embedded.stop(home)
+        shutil.rmtree(home, ignore_errors=True)
+    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    table = Table(
+        title="no-op throughput, JSON job logs + metrics on vs off (1 process x 8 threads)"
+    )
+    for column in (
+        "broker",
+        "jobs/s on (median)",
+        "jobs/s off (median)",
+        "on/off (median, min-max)",
+    ):
+        table.add_column(column, justify="left" if column == "broker" else "right")
+    for name, result in report["brokers"].items():
+        ratios = result["ratios"]
+        table.add_row(
+            name,
+            f"{statistics.median(result['on']):.0f}",
+            f"{statistics.median(result['off']):.0f}",
+            f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})",
+        )
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.observability",
+        description="Measure no-op throughput with JSON job logs and metrics on vs off.",
+    )
+    parser.add_argument(
+        "--brokers",
+        default="redis,rabbitmq,embedded",
+        type=lambda text: [b.strip() for b in text.split(",") if b.strip()],
+        help="comma-separated: redis, rabbitmq, embedded (default: all)",
+    )
+    parser.add_argument("--noop-jobs", type=int, default=5000, help="no-op jobs per run")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per side")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write every raw sample here")
+    args = parser.parse_args(argv)
+    unknown = set(args.brokers) - {"redis", "rabbitmq", "embedded"}
+    if unknown:
+        parser.error(f"unknown brokers: {', '.join(sorted(unknown))}")
+    try:
+        report = run(args)
+    except (JobkitError, TimeoutError) as error:
+        print(f"benchmarks: error: {error}", file=sys.stderr)
+        return 1
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+        console.print(f"raw samples written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

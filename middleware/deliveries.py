@@ -1,0 +1,36 @@
+"""Per-delivery state for middleware: thread-local, not keyed by message id.
+
+Every hook of one delivery (``before_process_message``, the actor, Retries'
+re-enqueue, ``after_ack``/``after_nack``) runs in the worker thread that took
+the message, while the next attempt of the same message (same message id) may
+already run in another thread. State kept in a dict by message id would mix
+the two; state kept per thread cannot.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from dramatiq import Message
+
+
+class CurrentDelivery:
+    """What one middleware remembers about the message this worker thread is handling."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def start(self, message: Message, **state: Any) -> dict[str, Any]:
+        self._local.state = {"message_id": message.message_id, **state}
+        return self._local.state
+
+    def get(self, message: Message) -> dict[str, Any] | None:
+        state = getattr(self._local, "state", None)
+        return state if state is not None and state["message_id"] == message.message_id else None
+
+    def end(self, message: Message) -> dict[str, Any] | None:
+        state = self.get(message)
+        if state is not None:
+            self._local.state = None
+        return state

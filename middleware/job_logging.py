@@ -1,0 +1,305 @@
+"""Structured job logs: one event per lifecycle step, JSON or console, through structlog.
+
+Events (logger ``jobkit.jobs``): ``job.enqueued``, ``job.started``, ``job.succeeded``,
+``job.failed``, ``job.retry_scheduled``, ``job.skipped``, ``job.dead_lettered``
+(``job.rate_limited`` comes from RateLimits). Each carries ``ts`` (UTC ISO-8601),
+``level``, ``message_id``, ``actor``, ``queue``, ``priority``, ``attempt``, and as
+relevant ``duration_ms``, ``queue_latency_ms``, ``exc_type``, ``exc_message``, plus
+``host`` and ``pid``. While a job runs, its ``message_id``, ``actor``, ``queue`` and
+``attempt`` are bound in contextvars, so any ``logging`` or structlog call in actor
+code carries them.
+
+:func:`configure_logging` routes the standard library's records (Dramatiq's,
+pika's, the app's) through the same formatter: ``JOBKIT_LOG_FORMAT=json`` (one
+object per line; the default off a terminal) or ``console``.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+import structlog
+from dramatiq import Broker, Message, Middleware
+from structlog.contextvars import bind_contextvars, clear_contextvars
+
+from brokers.errors import BrokerConfigError
+
+from . import outcomes
+from .deliveries import CurrentDelivery
+from .redaction import Redactor, escape_control
+
+FORMAT_ENV = "JOBKIT_LOG_FORMAT"
+LEVEL_ENV = "JOBKIT_LOG_LEVEL"
+FORMATS = ("json", "console")
+MAX_FIELD = 16_384
+HOST = socket.gethostname()
+
+#: Dramatiq's per-attempt failure line: job.failed says the same, with context.
+_DRAMATIQ_FAILURE = "Failed to process message %s with unhandled exception."
+
+_configured: str | None = None
+_configure_lock = threading.Lock()
+
+
+def _process_facts(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+    event.setdefault("host", HOST)
+    event.setdefault("pid", os.getpid())
+    return event
+
+
+def _cap_fields(escape: bool):  # noqa: ANN202
+    def cap(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+        for key, value in event.items():
+            if isinstance(value, str):
+                if len(value) > MAX_FIELD:
+                    value = value[:MAX_FIELD] + "…"
+                # JSON escapes control characters itself; console output must not
+                # let a value start a new line.
+                event[key] = escape_control(value) if escape else value
+        return event
+
+    return cap
+
+
+class SafeRecords(logging.Filter):
+    """Drops Dramatiq's duplicate failure line; renders messages in records without their args.
+
+    Dramatiq formats a message as ``actor(args, kwargs)``, which would put job
+    arguments (and any secret among them) into log lines.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == _DRAMATIQ_FAILURE and record.name.startswith("dramatiq.worker"):
+            return False
+        if record.args and isinstance(record.args, tuple):
+            record.args = tuple(_describe(arg) for arg in record.args)
+        return True
+
+
+def _describe(value: Any) -> Any:
+    message_id = getattr(value, "message_id", None)
+    actor_name = getattr(value, "actor_name", None)
+    if message_id is not None and actor_name is not None:
+        return f"{actor_name}(message_id={message_id})"
+    return value
+
+
+def _shared_processors() -> list[Any]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+        _process_facts,
+    ]
+
+
+def _configure_structlog(*, force: bool = False) -> None:
+    """Route structlog events into the standard library's logging (once per process).
+
+    Left alone if the app configured structlog itself, unless jobkit is asked
+    to own logging (``force``, from :func:`configure_logging`).
+    """
+    if structlog.is_configured() and not force:
+        return
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *_shared_processors(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
+def resolve_format(fmt: str | None = None) -> str:
+    fmt = (fmt or os.environ.get(FORMAT_ENV) or "").strip().lower()
+    if not fmt:
+        return "console" if sys.stderr.isatty() else "json"
+    if fmt not in FORMATS:
+        raise BrokerConfigError(f"{FORMAT_ENV}={fmt!r} is not a log format; use json or console")
+    return fmt
+
+
+def configure_logging(fmt: str | None = None, *, force: bool = False) -> str:
+    """Send every log record of this process through jobkit's formatter; returns the format.
+
+    Keeps the handlers already on the root logger (``dramatiq`` points them at
+    its pipe to the parent process) and replaces their formatter, or adds one
+    for stderr. Idempotent unless ``force``.
+    """
+    global _configured
+    fmt = resolve_format(fmt)
+    with _configure_lock:
+        if _configured == fmt and not force:
+            return fmt
+        shared = _shared_processors()
+        _configure_structlog(force=True)
+        renderer = (
+            structlog.processors.JSONRenderer()
+            if fmt == "json"
+            else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        )
+        formatter = structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                _cap_fields(escape=fmt == "console"),
+                renderer,
+            ],
+        )
+        root = logging.getLogger()
+        if not root.handlers:
+            root.addHandler(logging.StreamHandler(sys.stderr))
+        for handler in root.handlers:
+            handler.setFormatter(formatter)
+            if not any(isinstance(f, SafeRecords) for f in handler.filters):
+                handler.addFilter(SafeRecords())
+        level = os.environ.get(LEVEL_ENV, "").strip().upper()
+        if level:
+            root.setLevel(level)
+        elif root.level == logging.NOTSET or root.level > logging.INFO:
+            root.setLevel(logging.INFO)
+        logging.getLogger("pika").setLevel(logging.WARNING)
+        _configured = fmt
+    return fmt
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class JobLogging(Middleware):
+    """Logs each job lifecycle step as one structured event."""
+
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        _configure_structlog()
+        self.redactor = redactor or Redactor.from_env()
+        self.log = structlog.get_logger("jobkit.jobs")
+        self._delivery = CurrentDelivery()
+
+    def after_process_boot(self, broker: Broker) -> None:
+        # A worker process of the dramatiq CLI (a multiprocessing child): jobkit owns its
+        # logs. A Worker run inside some other program leaves that program's logging alone.
+        if multiprocessing.parent_process() is not None:
+            configure_logging()
+
+    @property
+    def active(self) -> bool:
+        """Events are logged once jobkit has configured logging in this process.
+
+        Workers always do (``after_process_boot``); app processes only with
+        ``JOBKIT_LOG_FORMAT`` set, so jobkit never reformats an app's logs unasked.
+        """
+        return _configured is not None
+
+    def _fields(self, message: Message) -> dict[str, Any]:
+        return {
+            "message_id": message.message_id,
+            "actor": message.actor_name,
+            "queue": message.queue_name,
+            "priority": message.options.get("priority", "normal"),
+            "attempt": int(message.options.get("retries", 0)) + 1,
+        }
+
+    def before_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
+        message.options["enqueued_at"] = _now_ms()
+
+    def after_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
+        if not self.active:
+            return
+        fields = self._fields(message)
+        running = self._delivery.get(message)
+        if running is not None and delay is not None:
+            # Re-enqueued with a delay while this worker handles it: Retries scheduling the
+            # next attempt. (A due delayed copy moving to its queue has no delay.)
+            self.log.warning(
+                "job.retry_scheduled",
+                **running["fields"],
+                next_attempt=int(message.options.get("retries", 0)) + 1,
+                delay_ms=delay,
+            )
+        elif outcomes.peek(message.message_id) == outcomes.DEFERRED:
+            pass  # RateLimits logs job.rate_limited
+        else:
+            self.log.info("job.enqueued", **fields, delay_ms=delay)
+
+    def before_process_message(self, broker: Broker, message: Message) -> None:
+        now = _now_ms()
+        options = message.options
+        ready_at = max(
+            int(options.get("enqueued_at") or message.message_timestamp),
+            int(options.get("eta") or 0),
+        )
+        fields = self._fields(message)
+        bind_contextvars(
+            message_id=fields["message_id"],
+            actor=fields["actor"],
+            queue=fields["queue"],
+            attempt=fields["attempt"],
+        )
+        self._delivery.start(message, started=time.monotonic(), fields=fields)
+        actor = broker.actors.get(message.actor_name)
+        self.log.info(
+            "job.started",
+            **fields,
+            queue_latency_ms=max(now - ready_at, 0),
+            args=self.redactor.arguments(actor.fn, tuple(message.args), dict(message.kwargs))
+            if actor is not None
+            else None,
+        )
+
+    def after_process_message(
+        self, broker: Broker, message: Message, *, result: Any = None, exception: Any = None
+    ) -> None:
+        # Retries has already counted this attempt in options["retries"]: use the start's fields.
+        delivery = self._delivery.get(message) or {"fields": self._fields(message)}
+        fields, started = delivery["fields"], delivery.get("started")
+        duration = round((time.monotonic() - started) * 1000, 2) if started else None
+        if exception is None:
+            self.log.info("job.succeeded", **fields, duration_ms=duration)
+        else:
+            delivery["exception"] = exception
+            self.log.warning(
+                "job.failed",
+                **fields,
+                duration_ms=duration,
+                exc_type=type(exception).__name__,
+                exc_message=self.redactor.value(str(exception)),
+                exc_info=exception,
+            )
+        clear_contextvars()
+
+    def after_skip_message(self, broker: Broker, message: Message) -> None:
+        if outcomes.peek(message.message_id) is None:  # else RateLimits said why
+            self.log.info("job.skipped", **self._fields(message))
+        clear_contextvars()
+
+    def after_ack(self, broker: Broker, message: Message) -> None:
+        self._delivery.end(message)
+        outcomes.pop(message.message_id)
+
+    def after_nack(self, broker: Broker, message: Message) -> None:
+        delivery = self._delivery.end(message) or {"fields": self._fields(message)}
+        exception = delivery.get("exception") or getattr(message, "_exception", None)
+        reason = outcomes.dead_letter_reason(broker, message, exception)
+        # Rate limiting is flow control, not an error (also for Sentry's log capture).
+        log = self.log.warning if reason == outcomes.RATE_LIMITED else self.log.error
+        log(
+            "job.dead_lettered",
+            **delivery["fields"],
+            reason=reason,
+            exc_type=type(exception).__name__ if exception is not None else None,
+            exc_message=self.redactor.value(str(exception)) if exception is not None else None,
+        )
+        outcomes.pop(message.message_id)

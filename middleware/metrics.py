@@ -1,0 +1,278 @@
+"""Prometheus metrics: one endpoint per worker group (``dramatiq``/``jobkit worker`` run).
+
+Worker processes write their metrics in prometheus-client's multiprocess mode to
+``$JOBKIT_METRICS_DIR/<pid of the dramatiq main process>``; one exporter process
+(a Dramatiq "fork") serves their sum, plus queue depths read from the broker at
+scrape time, on ``JOBKIT_METRICS_HOST:JOBKIT_METRICS_PORT`` (127.0.0.1:9191).
+
+Settings: ``JOBKIT_METRICS`` (``on``; ``off`` disables), ``JOBKIT_METRICS_HOST``,
+``JOBKIT_METRICS_PORT``, ``JOBKIT_METRICS_DIR`` (``/tmp/jobkit-metrics-<uid>``).
+If the port is taken (say, a second worker group on the host), the exporter
+logs one line saying so and stops; the workers go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from dramatiq import Broker, Message, Middleware, Worker
+
+from brokers.processes import pid_alive
+
+from . import outcomes
+from .deliveries import CurrentDelivery
+
+ENABLED_ENV = "JOBKIT_METRICS"
+HOST_ENV = "JOBKIT_METRICS_HOST"
+PORT_ENV = "JOBKIT_METRICS_PORT"
+DIR_ENV = "JOBKIT_METRICS_DIR"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9191
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+logger = logging.getLogger("jobkit.metrics")
+
+
+def enabled() -> bool:
+    return os.environ.get(ENABLED_ENV, "on").strip().lower() not in ("0", "off", "false", "no")
+
+
+def address() -> tuple[str, int]:
+    return os.environ.get(HOST_ENV) or DEFAULT_HOST, int(os.environ.get(PORT_ENV) or DEFAULT_PORT)
+
+
+def group_dir(group: int | None = None) -> Path:
+    """This worker group's multiprocess directory (the group is the dramatiq main process)."""
+    base = Path(
+        os.environ.get(DIR_ENV) or Path(tempfile.gettempdir()) / f"jobkit-metrics-{os.getuid()}"
+    )
+    return base / str(group if group is not None else os.getppid())
+
+
+class Metrics(Middleware):
+    """Counts jobs by outcome, times them, and exposes it all through one exporter fork."""
+
+    def __init__(self) -> None:
+        self.on = enabled()
+        self._m: dict[str, Any] = {}
+        self._delivery = CurrentDelivery()
+
+    @property
+    def forks(self) -> list[Any]:
+        return [serve_metrics] if self.on else []
+
+    def after_process_boot(self, broker: Broker) -> None:
+        if not self.on:
+            return
+        directory = group_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        # The exporter reports depth for the queues the workers consume (AMQP cannot list them).
+        (directory / f"queues-{os.getpid()}.json").write_text(
+            json.dumps(sorted(broker.get_declared_queues()))
+        )
+        # Must be set before prometheus_client is first imported in this process.
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(directory))
+        import prometheus_client as prom
+
+        registry = prom.CollectorRegistry()  # values live in the multiprocess files
+        labels = ("actor", "queue")
+        self._m = {
+            "jobs": prom.Counter(
+                "jobkit_jobs", "Jobs processed, by outcome of the attempt",
+                (*labels, "outcome"), registry=registry,
+            ),
+            "retried": prom.Counter(
+                "jobkit_jobs_retried", "Retries scheduled", labels, registry=registry
+            ),
+            "rate_limited": prom.Counter(
+                "jobkit_jobs_rate_limited", "Jobs deferred by a rate or concurrency limit",
+                labels, registry=registry,
+            ),
+            "dead_lettered": prom.Counter(
+                "jobkit_jobs_dead_lettered", "Jobs dead-lettered, by reason",
+                (*labels, "reason"), registry=registry,
+            ),
+            "duration": prom.Histogram(
+                "jobkit_job_duration_seconds", "Time running a job", labels,
+                buckets=LATENCY_BUCKETS, registry=registry,
+            ),
+            "latency": prom.Histogram(
+                "jobkit_job_queue_latency_seconds", "Time from enqueue (or eta) to start",
+                labels, buckets=LATENCY_BUCKETS, registry=registry,
+            ),
+            "in_flight": prom.Gauge(
+                "jobkit_jobs_in_flight", "Jobs running now", labels,
+                multiprocess_mode="livesum", registry=registry,
+            ),
+        }  # fmt: skip
+
+    def before_process_message(self, broker: Broker, message: Message) -> None:
+        if not self._m:
+            return
+        labels = (message.actor_name, message.queue_name)
+        ready_at = max(
+            int(message.options.get("enqueued_at") or message.message_timestamp),
+            int(message.options.get("eta") or 0),
+        )
+        self._m["latency"].labels(*labels).observe(max(time.time() * 1000 - ready_at, 0) / 1000)
+        self._m["in_flight"].labels(*labels).inc()
+        self._delivery.start(message, started=time.monotonic())
+
+    def after_process_message(
+        self, broker: Broker, message: Message, *, result: Any = None, exception: Any = None
+    ) -> None:
+        if not self._m:
+            return
+        delivery = self._delivery.get(message)
+        started = delivery.pop("started", None) if delivery else None
+        labels = (message.actor_name, message.queue_name)
+        if started is not None:
+            self._m["duration"].labels(*labels).observe(time.monotonic() - started)
+            self._m["in_flight"].labels(*labels).dec()
+        outcome = "succeeded" if exception is None else "failed"
+        self._m["jobs"].labels(*labels, outcome).inc()
+
+    def after_skip_message(self, broker: Broker, message: Message) -> None:
+        if not self._m:
+            return
+        labels = (message.actor_name, message.queue_name)
+        delivery = self._delivery.get(message)
+        if delivery is not None and delivery.pop("started", None) is not None:
+            self._m["in_flight"].labels(*labels).dec()
+        if outcomes.peek(message.message_id) == outcomes.DEFERRED:
+            self._m["rate_limited"].labels(*labels).inc()
+        else:
+            self._m["jobs"].labels(*labels, "skipped").inc()
+
+    def after_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
+        # Re-enqueued while this process handles it: a retry (deferrals are counted apart).
+        if (
+            self._m
+            and delay is not None
+            and self._delivery.get(message) is not None
+            and outcomes.peek(message.message_id) != outcomes.DEFERRED
+        ):
+            self._m["retried"].labels(message.actor_name, message.queue_name).inc()
+
+    def after_ack(self, broker: Broker, message: Message) -> None:
+        self._delivery.end(message)
+
+    def after_nack(self, broker: Broker, message: Message) -> None:
+        self._delivery.end(message)
+        if not self._m:
+            return
+        reason = outcomes.dead_letter_reason(broker, message, getattr(message, "_exception", None))
+        self._m["dead_lettered"].labels(message.actor_name, message.queue_name, reason).inc()
+
+    def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        if self._m:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())
+
+
+def serve_metrics() -> int:
+    """The exporter (run by the dramatiq CLI as a fork): multiprocess sum plus queue depths."""
+    from middleware.job_logging import configure_logging
+
+    if os.environ.get("JOBKIT_LOG_FORMAT"):
+        configure_logging()
+    directory = group_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    _remove_stale_groups(directory.parent)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    import prometheus_client as prom
+    from prometheus_client import multiprocess
+
+    registry = prom.CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(directory))
+    registry.register(QueueDepthCollector(directory))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.path.split("?")[0] not in ("/", "/metrics"):
+                self.send_error(404)
+                return
+            output = prom.generate_latest(registry)
+            self.send_response(200)
+            self.send_header("Content-Type", prom.CONTENT_TYPE_LATEST)
+            self.end_headers()
+            self.wfile.write(output)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    host, port = address()
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as error:
+        logger.error(
+            "metrics: cannot listen on %s:%d (%s); another worker group on this host may serve "
+            "there: set JOBKIT_METRICS_PORT to a free port (workers keep running)",
+            host,
+            port,
+            error.strerror or error,
+        )
+        return 0
+    logger.info("metrics: serving on http://%s:%d/metrics", host, port)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
+def _remove_stale_groups(base: Path) -> None:
+    """Drop the directories of worker groups whose main process is gone."""
+    for entry in base.iterdir():
+        if entry.name.isdigit() and not pid_alive(int(entry.name)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+class QueueDepthCollector:
+    """Reads depths of the workers' queues from the broker when Prometheus scrapes."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._broker: Any = None
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        depth = GaugeMetricFamily(
+            "jobkit_queue_depth",
+            "Messages per queue and state (ready per priority level where the broker can tell)",
+            labels=("queue", "state", "level"),
+        )
+        try:
+            for queue in self._depths():
+                levels = queue.levels or {"all": queue.ready}
+                for level, count in levels.items():
+                    depth.add_metric((queue.queue, "ready", level), count)
+                depth.add_metric((queue.queue, "delayed", "all"), queue.delayed)
+                depth.add_metric((queue.queue, "dead_lettered", "all"), queue.dead_lettered)
+        except Exception as error:  # noqa: BLE001 - a scrape must not fail on a broker hiccup
+            logger.warning("metrics: could not read queue depths: %s", error)
+        yield depth
+
+    def _depths(self) -> list[Any]:
+        from brokers import queue_depths
+
+        if self._broker is None:
+            import actors
+
+            self._broker = actors.broker
+        queues: set[str] = set()
+        for listing in self.directory.glob("queues-*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                queues.update(json.loads(listing.read_text()))
+        return queue_depths(self._broker, queues)

@@ -1,0 +1,213 @@
+"""Structured job logs: JSON lines, lifecycle events, context in actor logs, redaction."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+from dramatiq import Broker
+
+from brokers.processes import start_process_group, stop_process_group
+from middleware.job_logging import SafeRecords, configure_logging
+from middleware.redaction import REDACTED, Redactor, escape_control
+from tests.conftest import env_for, url_for
+from tests.support.logged import MARKERS_ENV, declare_logged
+from tests.support.processes import REPO, child_env, jobkit_command, start_dramatiq, wait_until
+
+SECRET = "hunter2-SECRET-value"
+FORGED = 'ok\n{"event": "job.succeeded", "forged": true}\r\nFORGED-LINE'
+
+# ---------------------------------------------------------------- unit
+
+
+def test_secrets_are_redacted_by_argument_name_positional_or_keyword() -> None:
+    def job(user: str, password: str, options: dict, api_key: str = "") -> None: ...
+
+    redactor = Redactor()
+    safe = redactor.arguments(
+        job, ("ann", SECRET), {"options": {"token": SECRET, "x": 1}, "api_key": SECRET}
+    )
+    assert safe == {
+        "user": "ann",
+        "password": REDACTED,
+        "options": {"token": REDACTED, "x": 1},
+        "api_key": REDACTED,
+    }
+
+
+def test_long_values_are_cut_and_control_characters_escaped() -> None:
+    assert Redactor(max_value=5).value("abcdefghij") == "abcde…"
+    assert escape_control("a\nb\rc\x1b[31m") == "a\\x0ab\\x0dc\\x1b[31m"
+
+
+def test_dramatiq_messages_in_log_records_lose_their_arguments() -> None:
+    import dramatiq
+
+    message = dramatiq.Message(
+        queue_name="q", actor_name="login", args=(SECRET,), kwargs={}, options={}
+    )
+    record = logging.LogRecord("dramatiq.x", logging.INFO, "", 0, "Got %s", (message,), None)
+    assert SafeRecords().filter(record)
+    assert SECRET not in record.getMessage()
+    assert message.message_id in record.getMessage()
+
+
+@pytest.fixture
+def own_logging(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    """Let a test configure this process's logging, then put everything back."""
+    import structlog
+
+    from middleware import job_logging
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    monkeypatch.setattr(job_logging, "_configured", job_logging._configured)
+    saved_structlog = structlog.get_config()
+    root.handlers = []
+    yield
+    root.handlers, root.level = saved_handlers, saved_level
+    structlog.configure(**saved_structlog)
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_a_value_with_newlines_cannot_start_a_new_line(fmt: str, own_logging: None) -> None:
+    import io
+
+    import structlog
+
+    stream = io.StringIO()
+    logging.getLogger().addHandler(logging.StreamHandler(stream))
+    configure_logging(fmt, force=True)
+    logging.getLogger("app").warning("value: %s", FORGED)
+    structlog.get_logger("app").warning("event", note=FORGED)
+    lines = [line for line in stream.getvalue().splitlines() if line.strip()]
+    assert len(lines) == 2
+    assert not any(line.startswith("FORGED") or line.startswith('{"event": "job') for line in lines)
+    if fmt == "json":
+        assert [json.loads(line)["level"] for line in lines] == ["warning", "warning"]
+
+
+# ---------------------------------------------------------------- under the real CLI
+
+JOBS = 100
+
+
+def _send(broker: Broker) -> dict[int, str]:
+    """Send 100 jobs: 10 always fail, 9 fail once; returns the kind of each index."""
+    actors = declare_logged(broker)
+    kinds = {}
+    for n in range(JOBS):
+        if n % 10 == 9:
+            actors.doomed.send(n, api_key=SECRET)
+            kinds[n] = "doomed"
+        else:
+            actors.flaky.send(n, SECRET, FORGED if n % 7 == 0 else "plain", fail_first=n % 10 == 0)
+            kinds[n] = "flaky-once" if n % 10 == 0 else "ok"
+    return kinds
+
+
+def _events(lines: list[str]) -> list[dict]:
+    return [json.loads(line) for line in lines]
+
+
+def test_jobkit_worker_prints_only_json_one_start_per_attempt_one_end_per_job(
+    real_broker: Broker, real_broker_kind: str, tmp_path: Path
+) -> None:
+    _run_and_check(real_broker, real_broker_kind, "jobkit worker", tmp_path)
+
+
+def test_stock_dramatiq_with_skip_logging_prints_only_json(
+    redis_broker_kind: str, tmp_path: Path
+) -> None:
+    from tests.conftest import flush, make_broker
+
+    broker = make_broker(redis_broker_kind)
+    flush(broker)
+    try:
+        _run_and_check(broker, redis_broker_kind, "dramatiq --skip-logging", tmp_path)
+    finally:
+        flush(broker)
+        broker.close()
+
+
+def _run_and_check(
+    real_broker: Broker, real_broker_kind: str, launcher: str, tmp_path: Path
+) -> None:
+    output = tmp_path / "worker.out"
+    env = child_env(
+        url_for(real_broker_kind),
+        JOBKIT_LOG_FORMAT="json",
+        **{MARKERS_ENV: str(tmp_path)},
+        **env_for(real_broker_kind),
+    )
+    module_args = ["tests.support.logged_worker", "-p", "1", "-t", "4", "-Q", "jobkit-test"]
+    if launcher == "jobkit worker":
+        workers = start_process_group(
+            [*jobkit_command(), "worker", *module_args], env=env, log=output, cwd=REPO
+        )
+    else:
+        workers = start_dramatiq(*module_args, "--skip-logging", env=env, log=output)
+    kinds = _send(real_broker)
+    ids_to_n: dict[str, int] = {}
+
+    def finished() -> bool:
+        try:
+            events = _events(output.read_text().splitlines())
+        except json.JSONDecodeError:
+            return False
+        ends = [e for e in events if e["event"] in ("job.succeeded", "job.dead_lettered")]
+        return len(ends) >= JOBS
+
+    try:
+        assert wait_until(finished, timeout=120, interval=0.25), output.read_text()[-3000:]
+    finally:
+        stop_process_group(workers)
+
+    text = output.read_text()
+    assert SECRET not in text
+    lines = [line for line in text.splitlines() if line.strip()]
+    events = _events(lines)  # raises if any line is not JSON
+    assert not any(line.startswith("FORGED") for line in lines)
+    jobs = [e for e in events if e.get("logger") == "jobkit.jobs"]
+    for event in jobs:
+        for field in (
+            "ts",
+            "level",
+            "message_id",
+            "actor",
+            "queue",
+            "priority",
+            "attempt",
+            "host",
+            "pid",
+        ):
+            assert field in event, (field, event)
+        if event["event"] == "job.started":
+            ids_to_n[event["message_id"]] = event["args"]["n"]
+            assert event["queue_latency_ms"] >= 0
+    per_job: dict[str, Counter] = defaultdict(Counter)
+    for event in jobs:
+        per_job[event["message_id"]][event["event"]] += 1
+    assert len(per_job) == JOBS
+    for message_id, counts in per_job.items():
+        kind = kinds[ids_to_n[message_id]]
+        attempts = 1 if kind == "ok" else 2
+        assert counts["job.started"] == attempts, (kind, counts)
+        assert counts["job.succeeded"] + counts["job.dead_lettered"] == 1, (kind, counts)
+        assert counts["job.dead_lettered"] == (kind == "doomed")
+        assert counts["job.failed"] == (0 if kind == "ok" else attempts if kind == "doomed" else 1)
+        assert counts["job.retry_scheduled"] == (0 if kind == "ok" else 1)
+    failed = [e for e in jobs if e["event"] == "job.failed"]
+    assert all(e["exc_type"] in ("RuntimeError", "ValueError") and e["exc_message"] for e in failed)
+    dead = [e for e in jobs if e["event"] == "job.dead_lettered"]
+    assert {e["reason"] for e in dead} == {"retries_exhausted"} and all(
+        e["level"] == "error" for e in dead
+    )
+    inner = [e for e in events if e.get("logger") == "app"]
+    assert len(inner) >= 2 * (JOBS - 10)
+    assert all(e.get("message_id") in per_job and e.get("actor") == "flaky" for e in inner)
+    started = [e for e in jobs if e["event"] == "job.started" and e["actor"] == "flaky"]
+    assert all(e["args"]["password"] == REDACTED for e in started)

@@ -1,0 +1,148 @@
+"""Prometheus metrics from a real worker group, and `jobkit stats` on top of them."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+from dramatiq import Broker
+from prometheus_client.parser import text_string_to_metric_families
+
+from brokers.processes import start_process_group, stop_process_group
+from tests.conftest import env_for, url_for
+from tests.support.limited import declare_limited
+from tests.support.logged import MARKERS_ENV, declare_logged
+from tests.support.processes import REPO, child_env, jobkit_command, run_jobkit, wait_until
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _ends(output: Path) -> int:
+    count = 0
+    for line in output.read_text().splitlines():
+        try:
+            count += json.loads(line).get("event") in ("job.succeeded", "job.dead_lettered")
+        except json.JSONDecodeError:
+            continue
+    return count
+
+
+def _samples(url: str) -> dict[str, dict[tuple, float]]:
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    found: dict[str, dict[tuple, float]] = defaultdict(dict)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[sample.name][tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def _value(samples: dict, name: str, **labels: str) -> float:
+    return sum(
+        value
+        for key, value in samples.get(name, {}).items()
+        if all((k, v) in key for k, v in labels.items())
+    )
+
+
+def _start(kind: str, tmp_path: Path, port: int) -> tuple:
+    output = tmp_path / "worker.out"
+    env = child_env(
+        url_for(kind),
+        JOBKIT_METRICS="on",
+        JOBKIT_METRICS_PORT=str(port),
+        JOBKIT_METRICS_DIR=str(tmp_path / "metrics"),
+        JOBKIT_LOG_FORMAT="json",
+        **{MARKERS_ENV: str(tmp_path)},
+        **env_for(kind),
+    )
+    command = [*jobkit_command(), "worker", "tests.support.sentry_worker", "-p", "2", "-t", "4"]
+    return start_process_group(command, env=env, log=output, cwd=REPO), output, env
+
+
+def test_metrics_endpoint_counts_what_ran(
+    real_broker: Broker, real_broker_kind: str, tmp_path: Path
+) -> None:
+    port = _free_port()
+    workers, output, env = _start(real_broker_kind, tmp_path, port)
+    logged, limited = declare_logged(real_broker), declare_limited(real_broker)
+    for n in range(20):
+        logged.flaky.send(n, "pw", "note", fail_first=n < 2)
+    for n in range(2):
+        logged.doomed.send(100 + n, api_key="k")
+    for n in range(6):
+        limited.limited.send(n)
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        assert wait_until(lambda: _ends(output) >= 28, timeout=60), output.read_text()[-3000:]
+        assert wait_until(lambda: _value(_samples(url), "jobkit_jobs_total") >= 32, timeout=10)
+        samples = _samples(url)
+        stats = run_jobkit("stats", "--json", "--interval", "0.5", "--url", url, env=env)
+    finally:
+        stop_process_group(workers)
+
+    def value(name: str, **labels: str) -> float:
+        return _value(samples, name, **labels)
+
+    assert value("jobkit_jobs_total", actor="flaky", outcome="succeeded") == 20
+    assert value("jobkit_jobs_total", actor="flaky", outcome="failed") == 2
+    assert value("jobkit_jobs_total", actor="doomed", outcome="failed") == 4
+    assert value("jobkit_jobs_retried_total", actor="flaky") == 2
+    assert value("jobkit_jobs_retried_total", actor="doomed") == 2
+    assert value("jobkit_jobs_dead_lettered_total", actor="doomed", reason="retries_exhausted") == 2
+    assert value("jobkit_jobs_total", actor="limited", outcome="succeeded") == 6
+    assert value("jobkit_jobs_rate_limited_total", actor="limited") >= 1
+    assert value("jobkit_job_duration_seconds_count", actor="flaky") == 22
+    assert value("jobkit_job_queue_latency_seconds_count", actor="flaky") == 22
+    assert value("jobkit_jobs_in_flight", actor="flaky") == 0
+    assert ("jobkit_queue_depth" in samples) and value(
+        "jobkit_queue_depth", queue="jobkit-test", state="dead_lettered"
+    ) == 2
+    assert stats.returncode == 0, stats.stderr
+    by_actor = {row["actor"]: row for row in json.loads(stats.stdout)["actors"]}
+    assert by_actor["flaky"]["total_processed"] == 22
+    assert by_actor["doomed"]["total_dead_lettered"] == 2
+
+
+def test_a_taken_metrics_port_is_one_clear_line_and_workers_go_on(
+    redis_broker_kind: str, tmp_path: Path
+) -> None:
+    from tests.conftest import flush, make_broker
+
+    broker = make_broker(redis_broker_kind)
+    flush(broker)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        workers, output, _ = _start(redis_broker_kind, tmp_path, port)
+        try:
+            logged = declare_logged(broker)
+            for n in range(5):
+                logged.flaky.send(n, "pw", "note")
+            assert wait_until(lambda: _ends(output) >= 5, timeout=60), output.read_text()[-3000:]
+            # The exporter is a fork that the CLI starts once the workers are up.
+            assert wait_until(lambda: "cannot listen on" in output.read_text(), timeout=30)
+        finally:
+            stop_process_group(workers)
+            flush(broker)
+            broker.close()
+    lines = [json.loads(line) for line in output.read_text().splitlines() if line.strip()]
+    clashes = [e for e in lines if "cannot listen on 127.0.0.1" in e["event"]]
+    assert len(clashes) == 1 and "JOBKIT_METRICS_PORT" in clashes[0]["event"]
+
+
+def test_stats_without_workers_is_one_clear_line() -> None:
+    result = run_jobkit(
+        "stats", "--url", f"http://127.0.0.1:{_free_port()}/metrics", "--interval", "0.1",
+        env=child_env("redis://127.0.0.1:6379/15"),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith("jobkit: error: no metrics at http://127.0.0.1:")
+    assert len(result.stderr.strip().splitlines()) == 1
