@@ -186,3 +186,43 @@ def machine_facts() -> dict[str, Any]:
         "pika": pika.__version__,
         "load_average": os.getloadavg(),
     }
+
+
+BROKERS = ("redis", "rabbitmq", "embedded")
+
+
+def add_common_arguments(parser: Any) -> None:
+    """``--brokers`` and ``--json``, the same in every benchmark."""
+    parser.add_argument(
+        "--brokers",
+        default=",".join(BROKERS),
+        type=lambda text: [b.strip() for b in text.split(",") if b.strip()],
+        help="comma-separated: redis, rabbitmq, embedded (default: all)",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write every raw sample here")
+
+
+def run_benchmark(
+    parser: Any,
+    args: Any,
+    run: Callable[[Any], dict[str, Any]],
+    print_report: Callable[[dict[str, Any]], None],
+) -> int:
+    """Check the brokers asked for, run, print the table, write the JSON; the exit code."""
+    import json
+
+    from brokers.errors import JobkitError
+
+    unknown = set(args.brokers) - set(BROKERS)
+    if unknown:
+        parser.error(f"unknown brokers: {', '.join(sorted(unknown))}")
+    try:
+        report = run(args)
+    except (JobkitError, TimeoutError) as error:
+        print(f"benchmarks: error: {error}", file=sys.stderr)
+        return 1
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+        print(f"raw samples written to {args.json}", file=sys.stderr)
+    return 0

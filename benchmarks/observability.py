@@ -11,7 +11,6 @@ the same stack without both. Ratios pair by pair.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import socket
 import statistics
@@ -24,10 +23,16 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.harness import JOBKIT, System, broker_environment, machine_facts
+from benchmarks.harness import (
+    JOBKIT,
+    System,
+    add_common_arguments,
+    broker_environment,
+    machine_facts,
+    run_benchmark,
+)
 from benchmarks.priorities import URLS, noop_throughput
 from brokers import embedded
-from brokers.errors import JobkitError
 
 console = Console(stderr=True)
 
@@ -104,29 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m benchmarks.observability",
         description="Measure no-op throughput with JSON job logs and metrics on vs off.",
     )
-    parser.add_argument(
-        "--brokers",
-        default="redis,rabbitmq,embedded",
-        type=lambda text: [b.strip() for b in text.split(",") if b.strip()],
-        help="comma-separated: redis, rabbitmq, embedded (default: all)",
-    )
+    add_common_arguments(parser)
     parser.add_argument("--noop-jobs", type=int, default=5000, help="no-op jobs per run")
     parser.add_argument("--repeat", type=int, default=5, help="runs per side")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="write every raw sample here")
-    args = parser.parse_args(argv)
-    unknown = set(args.brokers) - {"redis", "rabbitmq", "embedded"}
-    if unknown:
-        parser.error(f"unknown brokers: {', '.join(sorted(unknown))}")
-    try:
-        report = run(args)
-    except (JobkitError, TimeoutError) as error:
-        print(f"benchmarks: error: {error}", file=sys.stderr)
-        return 1
-    print_report(report)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str))
-        console.print(f"raw samples written to {args.json}")
-    return 0
+    return run_benchmark(parser, parser.parse_args(argv), run, print_report)
 
 
 if __name__ == "__main__":

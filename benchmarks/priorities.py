@@ -17,7 +17,6 @@ interleaved, K times; ratios are taken pair by pair.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -34,16 +33,17 @@ from benchmarks.harness import (
     JOBKIT,
     PLAIN,
     System,
+    add_common_arguments,
     broker_environment,
     completed,
     machine_facts,
     ready_count,
+    run_benchmark,
     running_workers,
     scratch,
     wait_for,
 )
 from brokers import embedded
-from brokers.errors import JobkitError
 
 URLS = {
     "redis": "redis://127.0.0.1:6379/14",
@@ -194,12 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Measure how long a critical job waits behind a backlog, and the no-op "
         "throughput of jobkit (priorities on) against stock Dramatiq, in one run.",
     )
-    parser.add_argument(
-        "--brokers",
-        default="redis,rabbitmq,embedded",
-        type=lambda text: [b.strip() for b in text.split(",") if b.strip()],
-        help="comma-separated: redis, rabbitmq, embedded (default: all)",
-    )
+    add_common_arguments(parser)
     parser.add_argument(
         "--scenarios",
         default="latency,throughput",
@@ -212,21 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pause", type=float, default=0.05, help="seconds between probes")
     parser.add_argument("--noop-jobs", type=int, default=5000, help="no-op jobs per run")
     parser.add_argument("--repeat", type=int, default=3, help="throughput runs per system")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="write every raw sample here")
-    args = parser.parse_args(argv)
-    unknown = set(args.brokers) - {"redis", "rabbitmq", "embedded"}
-    if unknown:
-        parser.error(f"unknown brokers: {', '.join(sorted(unknown))}")
-    try:
-        report = run(args)
-    except (JobkitError, TimeoutError) as error:
-        print(f"benchmarks: error: {error}", file=sys.stderr)
-        return 1
-    print_report(report)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str))
-        console.print(f"raw samples written to {args.json}")
-    return 0
+    return run_benchmark(parser, parser.parse_args(argv), run, print_report)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ same stack without RateLimits, interleaved, K times; ratios pair by pair.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -30,17 +29,18 @@ from rich.table import Table
 from benchmarks.harness import (
     JOBKIT,
     System,
+    add_common_arguments,
     broker_environment,
     completed,
     group_cpu_seconds,
     machine_facts,
+    run_benchmark,
     running_workers,
     scratch,
     wait_for,
 )
 from benchmarks.priorities import URLS, fill, noop_throughput
 from brokers import embedded
-from brokers.errors import JobkitError
 
 console = Console(stderr=True)
 WITHOUT_RATE_LIMITS = System(
@@ -141,31 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Measure worker CPU while every job waits on its rate limit, and the "
         "throughput of unlimited jobs with and without the RateLimits middleware.",
     )
-    parser.add_argument(
-        "--brokers",
-        default="redis,rabbitmq,embedded",
-        type=lambda text: [b.strip() for b in text.split(",") if b.strip()],
-        help="comma-separated: redis, rabbitmq, embedded (default: all)",
-    )
+    add_common_arguments(parser)
     parser.add_argument("--limited-jobs", type=int, default=2000, help="jobs held by the limit")
     parser.add_argument("--window", type=float, default=10.0, help="CPU window, seconds")
     parser.add_argument("--noop-jobs", type=int, default=5000, help="no-op jobs per run")
     parser.add_argument("--repeat", type=int, default=3, help="throughput runs per side")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="write every raw sample here")
-    args = parser.parse_args(argv)
-    unknown = set(args.brokers) - {"redis", "rabbitmq", "embedded"}
-    if unknown:
-        parser.error(f"unknown brokers: {', '.join(sorted(unknown))}")
-    try:
-        report = run(args)
-    except (JobkitError, TimeoutError) as error:
-        print(f"benchmarks: error: {error}", file=sys.stderr)
-        return 1
-    print_report(report)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str))
-        console.print(f"raw samples written to {args.json}")
-    return 0
+    return run_benchmark(parser, parser.parse_args(argv), run, print_report)
 
 
 if __name__ == "__main__":

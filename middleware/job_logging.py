@@ -16,6 +16,8 @@ object per line; the default off a terminal) or ``console``.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -46,6 +48,8 @@ _DRAMATIQ_FAILURE = "Failed to process message %s with unhandled exception."
 
 _configured: str | None = None
 _configure_lock = threading.Lock()
+#: Job events' own fast path (see configure_logging), or None to go through logging.
+_job_events: Any = None
 
 
 def _process_facts(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -66,6 +70,13 @@ def _cap_fields(escape: bool):  # noqa: ANN202
         return event
 
     return cap
+
+
+def _cap_exception(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+    exception = event.get("exception")
+    if isinstance(exception, str) and len(exception) > MAX_FIELD:
+        event["exception"] = exception[:MAX_FIELD] + "…"
+    return event
 
 
 class SafeRecords(logging.Filter):
@@ -171,8 +182,113 @@ def configure_logging(fmt: str | None = None, *, force: bool = False) -> str:
         elif root.level == logging.NOTSET or root.level > logging.INFO:
             root.setLevel(logging.INFO)
         logging.getLogger("pika").setLevel(logging.WARNING)
+        _set_job_events(root, renderer, escape=fmt == "console")
         _configured = fmt
     return fmt
+
+
+class LineBuffer:
+    """Gathers whole lines and writes them to ``stream`` in one call every ``interval`` s.
+
+    Under dramatiq every write is a message through a pipe to the main process,
+    which relays it: one write per 50 ms instead of two per job is what keeps
+    per-job events cheap. Flushed when full, on worker shutdown and at exit; a
+    SIGKILL loses at most one interval of job events.
+    """
+
+    def __init__(
+        self, handler: logging.StreamHandler, interval: float = 0.05, max_chars: int = 8192
+    ) -> None:
+        # Writes share the handler's lock: under dramatiq the stream is a pipe
+        # connection, and two threads sending at once would corrupt its framing.
+        # Chunks stay under 16 KiB, which the connection sends in a single write.
+        self.handler = handler
+        self.stream = handler.stream
+        self.interval = interval
+        self.max_chars = max_chars
+        self.pid = os.getpid()  # its flush thread does not survive a fork
+        self._lines: list[str] = []
+        self._size = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(
+            target=self._flush_often, name="jobkit-log-flush", daemon=True
+        )
+        self._thread.start()
+        atexit.register(self.flush_now)
+
+    def write(self, text: str) -> None:
+        with self._lock:
+            self._lines.append(text)
+            self._size += len(text)
+            if self._size >= self.max_chars:
+                self._write_locked()
+
+    def flush(self) -> None:
+        """Called by structlog after every line: the timer flushes instead."""
+
+    def flush_now(self) -> None:
+        with self._lock:
+            self._write_locked()
+
+    def _write_locked(self) -> None:
+        if not self._lines:
+            return
+        text, self._lines, self._size = "".join(self._lines), [], 0
+        with (
+            self.handler.lock or contextlib.nullcontext(),
+            contextlib.suppress(OSError, ValueError),
+        ):
+            self.stream.write(text)  # ValueError/OSError: a stream closed at exit
+            self.stream.flush()
+
+    def _flush_often(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            self.flush_now()
+
+
+_line_buffer: LineBuffer | None = None
+
+
+def flush_job_events() -> None:
+    if _line_buffer is not None:
+        _line_buffer.flush_now()
+
+
+def _set_job_events(root: logging.Logger, renderer: Any, *, escape: bool) -> None:
+    """Render job events straight onto the root handler's stream, skipping stdlib's machinery.
+
+    Same processors and renderer as every other line, so the output is the same,
+    at a quarter of the cost per event (they come two per job). Used when the
+    root logger writes to a plain stream (as under dramatiq); otherwise job
+    events go through ``logging`` like everything else.
+    """
+    global _job_events, _line_buffer
+    handler = next((h for h in root.handlers if type(h) is logging.StreamHandler), None)
+    if handler is None:
+        _job_events = None
+        return
+    stale = _line_buffer is None or _line_buffer.handler is not handler
+    if stale or _line_buffer.pid != os.getpid():  # type: ignore[union-attr]
+        if _line_buffer is not None and _line_buffer.pid == os.getpid():
+            flush_job_events()
+        _line_buffer = LineBuffer(handler)
+    _job_events = structlog.wrap_logger(
+        structlog.WriteLogger(_line_buffer),  # type: ignore[arg-type]
+        # No merge_contextvars: a job event names its job itself. In JSON, only a
+        # traceback can be long and the encoder escapes control characters.
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            _process_facts,
+            structlog.processors.format_exc_info,
+            _cap_fields(escape=True) if escape else _cap_exception,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(root.getEffectiveLevel()),
+        context_class=dict,
+        cache_logger_on_first_use=True,
+    ).bind(logger="jobkit.jobs")
 
 
 def _now_ms() -> int:
@@ -185,7 +301,7 @@ class JobLogging(Middleware):
     def __init__(self, redactor: Redactor | None = None) -> None:
         _configure_structlog()
         self.redactor = redactor or Redactor.from_env()
-        self.log = structlog.get_logger("jobkit.jobs")
+        self._stdlib_log = structlog.get_logger("jobkit.jobs")
         self._delivery = CurrentDelivery()
 
     def after_process_boot(self, broker: Broker) -> None:
@@ -193,6 +309,10 @@ class JobLogging(Middleware):
         # logs. A Worker run inside some other program leaves that program's logging alone.
         if multiprocessing.parent_process() is not None:
             configure_logging()
+
+    @property
+    def log(self) -> Any:
+        return _job_events if _job_events is not None else self._stdlib_log
 
     @property
     def active(self) -> bool:
@@ -288,6 +408,9 @@ class JobLogging(Middleware):
     def after_ack(self, broker: Broker, message: Message) -> None:
         self._delivery.end(message)
         outcomes.pop(message.message_id)
+
+    def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
+        flush_job_events()
 
     def after_nack(self, broker: Broker, message: Message) -> None:
         delivery = self._delivery.end(message) or {"fields": self._fields(message)}

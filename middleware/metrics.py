@@ -65,6 +65,8 @@ class Metrics(Middleware):
         self.on = enabled()
         self._m: dict[str, Any] = {}
         self._delivery = CurrentDelivery()
+        #: (metric, label values) -> child: prometheus-client's labels() is slow per call.
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
 
     @property
     def forks(self) -> list[Any]:
@@ -115,6 +117,13 @@ class Metrics(Middleware):
             ),
         }  # fmt: skip
 
+    def _child(self, name: str, *labels: str) -> Any:
+        key = (name, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._m[name].labels(*labels)
+        return child
+
     def before_process_message(self, broker: Broker, message: Message) -> None:
         if not self._m:
             return
@@ -123,8 +132,8 @@ class Metrics(Middleware):
             int(message.options.get("enqueued_at") or message.message_timestamp),
             int(message.options.get("eta") or 0),
         )
-        self._m["latency"].labels(*labels).observe(max(time.time() * 1000 - ready_at, 0) / 1000)
-        self._m["in_flight"].labels(*labels).inc()
+        self._child("latency", *labels).observe(max(time.time() * 1000 - ready_at, 0) / 1000)
+        self._child("in_flight", *labels).inc()
         self._delivery.start(message, started=time.monotonic())
 
     def after_process_message(
@@ -136,10 +145,10 @@ class Metrics(Middleware):
         started = delivery.pop("started", None) if delivery else None
         labels = (message.actor_name, message.queue_name)
         if started is not None:
-            self._m["duration"].labels(*labels).observe(time.monotonic() - started)
-            self._m["in_flight"].labels(*labels).dec()
+            self._child("duration", *labels).observe(time.monotonic() - started)
+            self._child("in_flight", *labels).dec()
         outcome = "succeeded" if exception is None else "failed"
-        self._m["jobs"].labels(*labels, outcome).inc()
+        self._child("jobs", *labels, outcome).inc()
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
         if not self._m:
@@ -147,11 +156,11 @@ class Metrics(Middleware):
         labels = (message.actor_name, message.queue_name)
         delivery = self._delivery.get(message)
         if delivery is not None and delivery.pop("started", None) is not None:
-            self._m["in_flight"].labels(*labels).dec()
+            self._child("in_flight", *labels).dec()
         if outcomes.peek(message.message_id) == outcomes.DEFERRED:
-            self._m["rate_limited"].labels(*labels).inc()
+            self._child("rate_limited", *labels).inc()
         else:
-            self._m["jobs"].labels(*labels, "skipped").inc()
+            self._child("jobs", *labels, "skipped").inc()
 
     def after_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
         # Re-enqueued while this process handles it: a retry (deferrals are counted apart).

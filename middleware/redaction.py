@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import re
@@ -17,6 +18,11 @@ DEFAULT_REDACT = (
 DEFAULT_MAX_VALUE = 200
 REDACTED = "[redacted]"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+
+
+@functools.lru_cache(maxsize=1024)
+def _signature(fn: Any) -> inspect.Signature:
+    return inspect.signature(fn)
 
 
 def escape_control(text: str) -> str:
@@ -62,7 +68,7 @@ class Redactor:
     def arguments(self, fn: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
         """A job's arguments by parameter name, secrets redacted (positional ones too)."""
         try:
-            bound = inspect.signature(fn).bind_partial(*args, **kwargs).arguments
+            bound = _signature(fn).bind_partial(*args, **kwargs).arguments
         except (TypeError, ValueError):
             bound = {**{f"arg{i}": v for i, v in enumerate(args)}, **kwargs}
         return {

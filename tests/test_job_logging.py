@@ -64,12 +64,16 @@ def own_logging(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
 
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
-    monkeypatch.setattr(job_logging, "_configured", job_logging._configured)
-    saved_structlog = structlog.get_config()
+    for name in ("_configured", "_job_events", "_line_buffer"):
+        monkeypatch.setattr(job_logging, name, getattr(job_logging, name))
+    was_configured, saved_structlog = structlog.is_configured(), structlog.get_config()
     root.handlers = []
     yield
     root.handlers, root.level = saved_handlers, saved_level
-    structlog.configure(**saved_structlog)
+    if was_configured:
+        structlog.configure(**saved_structlog)
+    else:
+        structlog.reset_defaults()  # "not configured", so JobLogging configures it again
 
 
 @pytest.mark.parametrize("fmt", ["json", "console"])
