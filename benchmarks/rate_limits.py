@@ -34,6 +34,7 @@ from benchmarks.harness import (
     completed,
     group_cpu_seconds,
     machine_facts,
+    ready_count,
     run_benchmark,
     running_workers,
     scratch,
@@ -67,8 +68,10 @@ def limited_cpu(url: str, *, jobs: int, window_s: float) -> dict[str, float]:
 
         assert bench.limited is not None
         fill(bench.limited, jobs)
-        # Let every job be fetched and deferred once, then measure the waiting.
-        time.sleep(3.0)
+        # Let every job be fetched and deferred once (a confirmed publish each on
+        # RabbitMQ), then measure the waiting.
+        wait_for(lambda: ready_count(filler, JOBKIT.queue) == 0, 300, "every job to be deferred")
+        time.sleep(1.0)
         before, started, done_before = (
             group_cpu_seconds(workers.pid),
             time.monotonic(),
