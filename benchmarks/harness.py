@@ -226,3 +226,67 @@ def run_benchmark(
         args.json.write_text(json.dumps(report, indent=2, default=str))
         print(f"raw samples written to {args.json}", file=sys.stderr)
     return 0
+
+
+URLS = {
+    "redis": "redis://127.0.0.1:6379/14",
+    "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/",
+}
+
+
+def fill(actor: Any, count: int, *args: Any) -> None:
+    for _ in range(count):
+        actor.send(*args)
+
+
+def noop_throughput(system: System, url: str, *, jobs: int) -> float:
+    """No-op jobs per second drained by one 1x8 worker, from 5% to 100% done."""
+    filler, bench = system.sender(url, confirm=False)
+    filler.flush_all()
+    fill(bench.noop, jobs)
+    with scratch() as work, running_workers(system, url, work / "completions"):
+        completions = work / "completions"
+        start_mark = max(jobs // 20, 1)
+        wait_for(lambda: completed(completions) >= start_mark, 120, "the first jobs")
+        started, done_at_start = time.monotonic(), completed(completions)
+        wait_for(lambda: completed(completions) >= jobs, 600, f"{jobs} no-op jobs", 0.001)
+        elapsed = time.monotonic() - started
+    filler.flush_all()
+    filler.close()
+    return (jobs - done_at_start) / elapsed
+
+
+def interleaved_throughput(
+    a: System, b: System, url: str, *, repeat: int, jobs: int, say: Callable[[str], None]
+) -> dict[str, list[float]]:
+    """No-op throughput of ``a`` and ``b``, in A/B then B/A order so drift hits both.
+
+    Returns ``{"a": [...], "b": [...], "ratios": [a/b pair by pair]}``.
+    """
+    rates: dict[str, list[float]] = {"a": [], "b": []}
+    pairs = [("a", a), ("b", b)]
+    for run in range(repeat):
+        for label, system in pairs if run % 2 == 0 else pairs[::-1]:
+            say(f"  no-op throughput, run {run + 1}: {system.name}")
+            rates[label].append(noop_throughput(system, url, jobs=jobs))
+    return {**rates, "ratios": [x / y for x, y in zip(rates["a"], rates["b"], strict=True)]}
+
+
+def per_broker(
+    args: Any, run_broker: Callable[[Any, str], dict[str, Any]], say: Callable[[str], None]
+) -> dict[str, Any]:
+    """Run ``run_broker(args, url)`` for each of ``args.brokers``; the report with machine facts."""
+    from brokers import embedded
+
+    report: dict[str, Any] = {"machine": machine_facts(), "settings": vars(args), "brokers": {}}
+    home = Path(tempfile.mkdtemp(prefix="jk-bench-", dir="/tmp"))
+    try:
+        for name in args.brokers:
+            url = embedded.ensure_server(home).url if name == "embedded" else URLS[name]
+            say(f"[bold]{name}[/]")
+            with broker_environment(name):
+                report["brokers"][name] = run_broker(args, url)
+    finally:
+        embedded.stop(home)
+        shutil.rmtree(home, ignore_errors=True)
+    return report

@@ -11,13 +11,10 @@ the same stack without both. Ratios pair by pair.
 from __future__ import annotations
 
 import argparse
-import shutil
 import socket
 import statistics
 import sys
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -27,12 +24,10 @@ from benchmarks.harness import (
     JOBKIT,
     System,
     add_common_arguments,
-    broker_environment,
-    machine_facts,
+    interleaved_throughput,
+    per_broker,
     run_benchmark,
 )
-from benchmarks.priorities import URLS, noop_throughput
-from brokers import embedded
 
 console = Console(stderr=True)
 
@@ -60,26 +55,15 @@ def systems() -> tuple[System, System]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    report: dict[str, Any] = {"machine": machine_facts(), "settings": vars(args), "brokers": {}}
-    home = Path(tempfile.mkdtemp(prefix="jk-bench-", dir="/tmp"))
     on, off = systems()
-    try:
-        for name in args.brokers:
-            url = embedded.ensure_server(home).url if name == "embedded" else URLS[name]
-            console.print(f"[bold]{name}[/]")
-            rates: dict[str, list[float]] = {"on": [], "off": []}
-            with broker_environment(name):
-                for repeat in range(args.repeat):
-                    order = [("on", on), ("off", off)]
-                    for label, system in order if repeat % 2 == 0 else order[::-1]:
-                        console.print(f"  no-op throughput, run {repeat + 1}: {system.name}")
-                        rates[label].append(noop_throughput(system, url, jobs=args.noop_jobs))
-            ratios = [a / b for a, b in zip(rates["on"], rates["off"], strict=True)]
-            report["brokers"][name] = {**rates, "ratios": ratios}
-    finally:
-        embedded.stop(home)
-        shutil.rmtree(home, ignore_errors=True)
-    return report
+
+    def run_broker(args: argparse.Namespace, url: str) -> dict[str, Any]:
+        pair = interleaved_throughput(
+            on, off, url, repeat=args.repeat, jobs=args.noop_jobs, say=console.print
+        )
+        return {"on": pair["a"], "off": pair["b"], "ratios": pair["ratios"]}
+
+    return per_broker(args, run_broker, console.print)
 
 
 def print_report(report: dict[str, Any]) -> None:

@@ -17,13 +17,10 @@ interleaved, K times; ratios are taken pair by pair.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -34,27 +31,17 @@ from benchmarks.harness import (
     PLAIN,
     System,
     add_common_arguments,
-    broker_environment,
-    completed,
-    machine_facts,
+    fill,
+    interleaved_throughput,
+    per_broker,
     ready_count,
     run_benchmark,
     running_workers,
     scratch,
     wait_for,
 )
-from brokers import embedded
 
-URLS = {
-    "redis": "redis://127.0.0.1:6379/14",
-    "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/",
-}
 console = Console(stderr=True)
-
-
-def fill(actor: Any, count: int, *args: Any) -> None:
-    for _ in range(count):
-        actor.send(*args)
 
 
 def urgent_latency(
@@ -92,23 +79,6 @@ def urgent_latency(
     return {"latency_s": samples, "backlog_at_send": depths}
 
 
-def noop_throughput(system: System, url: str, *, jobs: int) -> float:
-    """No-op jobs per second drained by one 1x8 worker, from 5% to 100% done."""
-    filler, bench = system.sender(url, confirm=False)
-    filler.flush_all()
-    fill(bench.noop, jobs)
-    with scratch() as work, running_workers(system, url, work / "completions"):
-        completions = work / "completions"
-        start_mark = max(jobs // 20, 1)
-        wait_for(lambda: completed(completions) >= start_mark, 120, "the first jobs")
-        started, done_at_start = time.monotonic(), completed(completions)
-        wait_for(lambda: completed(completions) >= jobs, 600, f"{jobs} no-op jobs", 0.001)
-        elapsed = time.monotonic() - started
-    filler.flush_all()
-    filler.close()
-    return (jobs - done_at_start) / elapsed
-
-
 def percentile(values: Sequence[float], pct: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered) + 0.5) - 1))
@@ -116,21 +86,7 @@ def percentile(values: Sequence[float], pct: float) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    report: dict[str, Any] = {"machine": machine_facts(), "settings": vars(args), "brokers": {}}
-    embedded_home = Path(tempfile.mkdtemp(prefix="jk-bench-", dir="/tmp"))
-    try:
-        for broker_name in args.brokers:
-            if broker_name == "embedded":
-                url = embedded.ensure_server(embedded_home).url
-            else:
-                url = URLS[broker_name]
-            console.print(f"[bold]{broker_name}[/]")
-            with broker_environment(broker_name):
-                report["brokers"][broker_name] = run_broker(args, url)
-    finally:
-        embedded.stop(embedded_home)
-        shutil.rmtree(embedded_home, ignore_errors=True)
-    return report
+    return per_broker(args, run_broker, console.print)
 
 
 def run_broker(args: argparse.Namespace, url: str) -> dict[str, Any]:
@@ -145,14 +101,17 @@ def run_broker(args: argparse.Namespace, url: str) -> dict[str, Any]:
             trials=args.trials,
             pause_s=args.pause,
         )
-    for repeat in range(args.repeat if "throughput" in args.scenarios else 0):
-        for system in (PLAIN, JOBKIT) if repeat % 2 == 0 else (JOBKIT, PLAIN):
-            console.print(f"  no-op throughput, run {repeat + 1}: {system.name}")
-            result["throughput"][system.name].append(
-                noop_throughput(system, url, jobs=args.noop_jobs)
-            )
-    jobkit, plain = result["throughput"]["jobkit"], result["throughput"]["dramatiq"]
-    result["throughput"]["ratios"] = [j / p for j, p in zip(jobkit, plain, strict=True)]
+    if "throughput" in args.scenarios:
+        pair = interleaved_throughput(
+            JOBKIT, PLAIN, url, repeat=args.repeat, jobs=args.noop_jobs, say=console.print
+        )
+        result["throughput"] = {
+            "jobkit": pair["a"],
+            "dramatiq": pair["b"],
+            "ratios": pair["ratios"],
+        }
+    else:
+        result["throughput"]["ratios"] = []
     return result
 
 

@@ -14,13 +14,10 @@ same stack without RateLimits, interleaved, K times; ratios pair by pair.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -30,18 +27,17 @@ from benchmarks.harness import (
     JOBKIT,
     System,
     add_common_arguments,
-    broker_environment,
     completed,
+    fill,
     group_cpu_seconds,
-    machine_facts,
+    interleaved_throughput,
+    per_broker,
     ready_count,
     run_benchmark,
     running_workers,
     scratch,
     wait_for,
 )
-from benchmarks.priorities import URLS, fill, noop_throughput
-from brokers import embedded
 
 console = Console(stderr=True)
 WITHOUT_RATE_LIMITS = System(
@@ -87,31 +83,16 @@ def limited_cpu(url: str, *, jobs: int, window_s: float) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    report: dict[str, Any] = {"machine": machine_facts(), "settings": vars(args), "brokers": {}}
-    home = Path(tempfile.mkdtemp(prefix="jk-bench-", dir="/tmp"))
-    try:
-        for name in args.brokers:
-            url = embedded.ensure_server(home).url if name == "embedded" else URLS[name]
-            console.print(f"[bold]{name}[/]")
-            with broker_environment(name):
-                report["brokers"][name] = run_broker(args, url)
-    finally:
-        embedded.stop(home)
-        shutil.rmtree(home, ignore_errors=True)
-    return report
+    return per_broker(args, run_broker, console.print)
 
 
 def run_broker(args: argparse.Namespace, url: str) -> dict[str, Any]:
     console.print(f"  worker CPU, idle and with {args.limited_jobs} limited jobs")
     result: dict[str, Any] = {"cpu": limited_cpu(url, jobs=args.limited_jobs, window_s=args.window)}
-    rates: dict[str, list[float]] = {"with": [], "without": []}
-    for repeat in range(args.repeat):
-        order = [("with", JOBKIT), ("without", WITHOUT_RATE_LIMITS)]
-        for label, system in order if repeat % 2 == 0 else order[::-1]:
-            console.print(f"  unlimited no-op throughput, run {repeat + 1}: {label} RateLimits")
-            rates[label].append(noop_throughput(system, url, jobs=args.noop_jobs))
-    ratios = [w / wo for w, wo in zip(rates["with"], rates["without"], strict=True)]
-    result["throughput"] = {**rates, "ratios": ratios}
+    pair = interleaved_throughput(
+        JOBKIT, WITHOUT_RATE_LIMITS, url, repeat=args.repeat, jobs=args.noop_jobs, say=console.print
+    )
+    result["throughput"] = {"with": pair["a"], "without": pair["b"], "ratios": pair["ratios"]}
     return result
 
 

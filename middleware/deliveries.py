@@ -34,3 +34,16 @@ class CurrentDelivery:
         if state is not None:
             self._local.state = None
         return state
+
+
+def queue_latency_ms(message: Message, now_ms: int) -> int:
+    """Time from when a message became runnable (enqueued, or its eta) to ``now_ms``.
+
+    ``enqueued_at`` is stamped by JobLogging at each enqueue; a message from a
+    producer without it falls back to Dramatiq's creation timestamp.
+    """
+    options = message.options
+    ready_at = max(
+        int(options.get("enqueued_at") or message.message_timestamp), int(options.get("eta") or 0)
+    )
+    return max(now_ms - ready_at, 0)

@@ -34,7 +34,7 @@ from structlog.contextvars import bind_contextvars, clear_contextvars
 from brokers.errors import BrokerConfigError
 
 from . import outcomes
-from .deliveries import CurrentDelivery
+from .deliveries import CurrentDelivery, queue_latency_ms
 from .redaction import Redactor, escape_control
 
 FORMAT_ENV = "JOBKIT_LOG_FORMAT"
@@ -355,12 +355,6 @@ class JobLogging(Middleware):
             self.log.info("job.enqueued", **fields, delay_ms=delay)
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
-        now = _now_ms()
-        options = message.options
-        ready_at = max(
-            int(options.get("enqueued_at") or message.message_timestamp),
-            int(options.get("eta") or 0),
-        )
         fields = self._fields(message)
         bind_contextvars(
             message_id=fields["message_id"],
@@ -373,7 +367,7 @@ class JobLogging(Middleware):
         self.log.info(
             "job.started",
             **fields,
-            queue_latency_ms=max(now - ready_at, 0),
+            queue_latency_ms=queue_latency_ms(message, _now_ms()),
             args=self.redactor.arguments(actor.fn, tuple(message.args), dict(message.kwargs))
             if actor is not None
             else None,

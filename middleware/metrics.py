@@ -29,7 +29,7 @@ from dramatiq import Broker, Message, Middleware, Worker
 from brokers.processes import pid_alive
 
 from . import outcomes
-from .deliveries import CurrentDelivery
+from .deliveries import CurrentDelivery, queue_latency_ms
 
 ENABLED_ENV = "JOBKIT_METRICS"
 HOST_ENV = "JOBKIT_METRICS_HOST"
@@ -128,11 +128,8 @@ class Metrics(Middleware):
         if not self._m:
             return
         labels = (message.actor_name, message.queue_name)
-        ready_at = max(
-            int(message.options.get("enqueued_at") or message.message_timestamp),
-            int(message.options.get("eta") or 0),
-        )
-        self._child("latency", *labels).observe(max(time.time() * 1000 - ready_at, 0) / 1000)
+        latency_ms = queue_latency_ms(message, int(time.time() * 1000))
+        self._child("latency", *labels).observe(latency_ms / 1000)
         self._child("in_flight", *labels).inc()
         self._delivery.start(message, started=time.monotonic())
 
