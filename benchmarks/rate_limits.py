@@ -53,6 +53,7 @@ def limited_cpu(url: str, *, jobs: int, window_s: float) -> dict[str, float]:
     """Worker CPU share: idle, then while ``jobs`` jobs of a 5/s actor wait on the limit."""
     filler, bench = JOBKIT.sender(url, confirm=False)
     filler.flush_all()
+    _forget_reserved_slots(filler)
     with scratch() as work, running_workers(JOBKIT, url, work / "completions") as workers:
         completions = work / "completions"
         bench.noop.send()
@@ -80,6 +81,17 @@ def limited_cpu(url: str, *, jobs: int, window_s: float) -> dict[str, float]:
     filler.flush_all()
     filler.close()
     return {"idle_cpu": idle, "limited_cpu": limited, "limited_rate": ran / elapsed}
+
+
+def _forget_reserved_slots(broker: Any) -> None:
+    """Purging a queue keeps the slots its jobs reserved; start each run from a free limit."""
+    from middleware.rate_limits import KEY_PREFIX, RateLimits
+
+    for middleware in broker.middleware:
+        if isinstance(middleware, RateLimits) and middleware.store is not None:
+            client = middleware.store.client
+            for key in client.scan_iter(match=f"{KEY_PREFIX}:bench_limited*"):
+                client.delete(key)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
