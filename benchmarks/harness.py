@@ -80,14 +80,14 @@ LIMIT_STATE_URL = "redis://127.0.0.1:6379/14"
 @contextlib.contextmanager
 def broker_environment(broker_name: str) -> Iterator[None]:
     """RabbitMQ keeps rate-limit state in a Redis: point jobkit at the benchmark one."""
-    if broker_name != "rabbitmq" or os.environ.get("JOBKIT_RATE_LIMIT_URL"):
+    if broker_name != "rabbitmq" or os.environ.get("JOBKIT_STATE_URL"):
         yield
         return
-    os.environ["JOBKIT_RATE_LIMIT_URL"] = LIMIT_STATE_URL
+    os.environ["JOBKIT_STATE_URL"] = LIMIT_STATE_URL
     try:
         yield
     finally:
-        del os.environ["JOBKIT_RATE_LIMIT_URL"]
+        del os.environ["JOBKIT_STATE_URL"]
 
 
 def group_cpu_seconds(pgid: int) -> float:

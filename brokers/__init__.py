@@ -8,6 +8,7 @@ kind and the same middleware stack.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import weakref
@@ -80,20 +81,22 @@ def build_broker(url: str | None = None, *, spec: BrokerSpec | None = None) -> B
         paths = embedded.ensure_server(spec.home)
         broker = build_redis_broker(paths.url, stack, priority_config)
     _specs[broker] = spec
-    use_limit_state(broker)
+    use_state(broker)
     return broker
 
 
-def use_limit_state(broker: Broker) -> None:
-    """Point the broker's RateLimits middleware at its Redis (see ``brokers.state``)."""
+def use_state(broker: Broker) -> None:
+    """Give rate limits and dead letters the broker's state Redis (see ``brokers.state``)."""
     from middleware.rate_limits import RateLimits
 
-    from .state import limit_state_client
+    from .dead_letters import use_dead_letter_store
+    from .state import state_client
 
-    client, reason = limit_state_client(broker)
+    client, reason = state_client(broker)
     for middleware in broker.middleware:
         if isinstance(middleware, RateLimits):
             middleware.use_store(client, reason)
+    use_dead_letter_store(broker, client, reason)
 
 
 def setup_broker() -> Broker:
@@ -144,12 +147,21 @@ def queue_depths(broker: Broker, queues: set[str] | None = None) -> list[QueueDe
     Covers the queues declared on ``broker`` plus ``queues``; on Redis also
     every queue found in the broker's namespace.
     """
+    from .dead_letters import dead_letter_store, has_store
     from .rabbitmq import rabbitmq_queue_depths
     from .redis import redis_queue_depths
 
     names = set(broker.get_declared_queues()) | set(queues or ())
+    dead = dead_letter_store(broker).counts_by_queue() if has_store(broker) else {}
+    names |= set(dead)
     if isinstance(broker, RedisBroker):
-        return redis_queue_depths(broker, names)
-    if isinstance(broker, RabbitmqBroker):
-        return rabbitmq_queue_depths(broker, names)
-    raise BrokerConfigError(f"queue depths are not supported on {type(broker).__name__}")
+        depths = redis_queue_depths(broker, names)
+    elif isinstance(broker, RabbitmqBroker):
+        depths = rabbitmq_queue_depths(broker, names)
+    else:
+        raise BrokerConfigError(f"queue depths are not supported on {type(broker).__name__}")
+    # Dead letters live in jobkit's store; the broker's own .XQ holds only what
+    # could not be stored (or what plain Dramatiq put there): both count.
+    return [
+        dataclasses.replace(d, dead_lettered=d.dead_lettered + dead.get(d.queue, 0)) for d in depths
+    ]

@@ -12,18 +12,22 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterable, Iterator
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
 from dramatiq import Broker, Message, Middleware
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.common import dq_name, xq_name
-from dramatiq.errors import BrokerConnectionError
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer, _RabbitmqMessage
+from dramatiq.common import dq_name, q_name, xq_name
+from dramatiq.errors import BrokerConnectionError, ConnectionClosed
 
 from middleware.priorities import LEVEL_NUMBERS, PriorityConfig, message_level
 
+from .dead_letters import keep_failed, keep_undecodable
+from .decoding import UndecodableMessage, decode_message
 from .errors import BrokerConfigError, BrokerUnavailable, JobkitError
 from .stats import QueueDepth
 from .urls import mask_url
@@ -61,8 +65,54 @@ class QueueNeedsMigration(JobkitError, BrokerConnectionError):
     """
 
 
+class DeadLetteringConsumer(_RabbitmqConsumer):
+    """Keeps rejected and undecodable messages in jobkit's dead-letter store, then acks them.
+
+    Dramatiq nacks both to the queue's ``.XQ`` (via RabbitMQ's dead-letter
+    exchange), without the reason; that stays the fallback when the store
+    (a Redis, see ``brokers.dead_letters``) cannot be written.
+    """
+
+    def __next__(self) -> MessageProxy | None:
+        try:
+            method, _properties, body = next(self.iterator)
+            if method is None:
+                return None
+        except (
+            AssertionError,
+            pika.exceptions.AMQPConnectionError,
+            pika.exceptions.AMQPChannelError,
+        ) as error:
+            # As Dramatiq: a vanished queue is re-declared when the consumer restarts.
+            if getattr(error, "reply_code", None) == 404:
+                self.broker.queues_pending.add(q_name(self.queue_name))
+            raise ConnectionClosed(error) from None
+        try:
+            message = decode_message(body)
+        except UndecodableMessage as error:
+            if keep_undecodable(self.broker, self.queue_name, body, error):
+                self.connection.add_callback_threadsafe(
+                    partial(self.channel.basic_ack, method.delivery_tag)
+                )
+            else:
+                self._nack(method.delivery_tag)
+            return None
+        self.known_tags.add(method.delivery_tag)
+        return _RabbitmqMessage(method.redelivered, method.delivery_tag, message)
+
+    def nack(self, message: MessageProxy) -> None:
+        if keep_failed(self.broker, message):
+            self.ack(message)
+        else:
+            super().nack(message)
+
+
 class PriorityRabbitmqBroker(RabbitmqBroker):
     """RabbitmqBroker whose queues carry ``x-max-priority`` and whose declare errors are clear."""
+
+    @property
+    def consumer_class(self) -> type[_RabbitmqConsumer]:
+        return DeadLetteringConsumer
 
     def _build_queue_arguments(self, queue_name: str) -> dict[str, Any]:
         arguments = super()._build_queue_arguments(queue_name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,15 @@ from uuid import uuid4
 
 import redis
 from dramatiq import Message, Middleware
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.common import current_millis, dq_name
+from dramatiq.common import compute_backoff, current_millis, dq_name
+from dramatiq.errors import ConnectionClosed
 
 from middleware.priorities import LEVELS, PriorityConfig
 
+from .dead_letters import keep_failed, keep_undecodable
+from .decoding import UndecodableMessage, decode_message
 from .errors import BrokerUnavailable
 from .stats import QueueDepth
 from .urls import mask_url
@@ -69,13 +74,16 @@ class PriorityRedisBroker(RedisBroker):
         self.emit_after("enqueue", message, delay)
         return message
 
-    def do_fetch(self, queue_name: str, count: int) -> list[bytes]:
+    def do_fetch(self, queue_name: str, count: int) -> list[tuple[bytes, bytes | None]]:
+        """Up to ``count`` (redis id, payload) pairs; payload ``None`` if the id has none."""
         fetch = self._dispatch("fetch")
         if self.priority_config.mode == "weighted":
-            return fetch(queue_name, count, "weighted", random.getrandbits(31), *self._weights)
-        return fetch(queue_name, count, "strict")
+            flat = fetch(queue_name, count, "weighted", random.getrandbits(31), *self._weights)
+        else:
+            flat = fetch(queue_name, count, "strict")
+        return list(zip(flat[::2], flat[1::2], strict=True))
 
-    def requeue_ids(self, queue_name: str, ids_and_levels: list[tuple[str, Any]]) -> None:
+    def requeue_ids(self, queue_name: str, ids_and_levels: list[tuple[str | bytes, Any]]) -> None:
         """Put fetched ids back at the head of their level lists, in the given order."""
         if ids_and_levels:
             args = [
@@ -87,7 +95,60 @@ class PriorityRedisBroker(RedisBroker):
 
 
 class PriorityRedisConsumer(_RedisConsumer):
-    """Requeues to the right level list, including fetched messages not yet handed out."""
+    """Requeues to the right level list; dead-letters what it cannot decode and what fails.
+
+    Dramatiq's consumer raises on bytes that are not a message, which restarts
+    the consumer and leaves the id in its unacked set for good; this one keeps
+    such bytes as an ``undecodable`` dead letter and moves on. A rejected
+    message goes to jobkit's dead-letter store (``brokers.dead_letters``).
+    """
+
+    message_cache: list[tuple[bytes, bytes | None]]
+
+    def __next__(self) -> MessageProxy | None:
+        try:
+            while True:
+                try:
+                    redis_id, data = self.message_cache.pop(0)
+                except IndexError:
+                    fetched = []
+                    if self.outstanding_message_count < self.prefetch:
+                        self.message_cache = fetched = self.broker.do_fetch(
+                            self.queue_name, self.prefetch - self.outstanding_message_count
+                        )
+                    if not fetched:
+                        # Long-poll progressively up to the idle timeout, as Dramatiq does.
+                        self.misses, backoff_ms = compute_backoff(
+                            self.misses, max_backoff=self.timeout
+                        )
+                        time.sleep(backoff_ms / 1000)
+                        return None
+                    continue
+                self.misses = 0
+                try:
+                    message = decode_message(data)
+                except UndecodableMessage as error:
+                    self._keep_undecodable(redis_id, data, error)
+                    continue
+                message.options["redis_message_id"] = redis_id.decode()
+                self.queued_message_ids.add(message.message_id)
+                return MessageProxy(message)
+        except redis.ConnectionError as error:
+            raise ConnectionClosed(error) from None
+
+    def _keep_undecodable(self, redis_id: bytes, data: bytes | None, error: Exception) -> None:
+        # An id pushed straight onto the list has no payload: the id is what was written.
+        raw = data if data is not None else redis_id
+        if not keep_undecodable(self.broker, self.queue_name, raw, error):
+            self.message_cache.insert(0, (redis_id, data))  # close() gives it back
+            raise ConnectionClosed(redis.ConnectionError("dead-letter store unavailable"))
+        self.broker.do_ack(self.queue_name, redis_id)  # type: ignore[arg-type] - bytes: may not be UTF-8
+
+    def nack(self, message: MessageProxy) -> None:
+        if keep_failed(self.broker, message):
+            self.ack(message)
+        else:
+            super().nack(message)
 
     def requeue(self, messages: Iterable[Any]) -> None:
         pairs = [(m.options["redis_message_id"], m.options.get("priority")) for m in messages]
@@ -98,12 +159,12 @@ class PriorityRedisConsumer(_RedisConsumer):
         # leaving them to dead-worker recovery; give them back now instead.
         cached, self.message_cache = self.message_cache, []
         pairs = []
-        for data in cached:
+        for redis_id, data in cached:
             try:
-                message = Message.decode(data)
-            except Exception:  # noqa: BLE001 - left to dead-worker recovery
-                continue
-            pairs.append((message.options["redis_message_id"], message.options.get("priority")))
+                level = decode_message(data).options.get("priority")
+            except UndecodableMessage:
+                level = None  # back on the normal list; dead-lettered when fetched again
+            pairs.append((redis_id, level))
         with contextlib.suppress(redis.RedisError):  # else dead-worker recovery returns them
             self.broker.requeue_ids(self.queue_name, pairs)
         super().close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dramatiq import Middleware
 from dramatiq.middleware import default_middleware
 
+from .dead_letters import DeadLetters
 from .job_logging import JobLogging
 from .load_throttle import LoadThrottle
 from .metrics import Metrics
@@ -28,8 +29,9 @@ def build_stack(priority_config: PriorityConfig | None = None) -> list[Middlewar
     so a job too old for AgeLimit is dead-lettered rather than deferred; then
     ``JobLogging``, so ``job.started`` is logged only for a job that will run
     (and, hooks after running in reverse, ``job.failed`` before Retries
-    schedules the next attempt); then ``LoadThrottle`` (inactive unless
-    configured). ``SentryAlerts`` sits after Retries for the same reason. With
+    schedules the next attempt). ``DeadLetters`` describes a rejected job in
+    ``before_nack`` for the broker's consumer to store. Then ``LoadThrottle``
+    (inactive unless configured). ``SentryAlerts`` sits after Retries for the same reason. With
     ``SENTRY_DSN`` set, sentry-sdk's own Dramatiq middleware goes first (it
     inserts itself when the broker is created).
     """
@@ -37,6 +39,7 @@ def build_stack(priority_config: PriorityConfig | None = None) -> list[Middlewar
         Priorities(priority_config),
         *(middleware_class() for middleware_class in default_middleware),
         RateLimits(),
+        DeadLetters(),
         JobLogging(),
         SentryAlerts(),
         Metrics(),

@@ -174,10 +174,11 @@ class Metrics(Middleware):
 
     def after_nack(self, broker: Broker, message: Message) -> None:
         self._delivery.end(message)
-        if not self._m:
-            return
-        reason = outcomes.dead_letter_reason(broker, message, getattr(message, "_exception", None))
-        self._m["dead_lettered"].labels(message.actor_name, message.queue_name, reason).inc()
+
+    def after_dead_letter(self, broker: Broker, record: dict[str, Any]) -> None:
+        if self._m:
+            labels = (record.get("actor") or "", record["queue"], record["reason"])
+            self._m["dead_lettered"].labels(*labels).inc()
 
     def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         if self._m:

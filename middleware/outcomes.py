@@ -7,9 +7,11 @@ JobLogging (and dead-letter handling) read the note after the ack or nack.
 from __future__ import annotations
 
 import threading
+import time
 
 from dramatiq import Broker, Message
 from dramatiq.errors import ActorNotFound
+from dramatiq.middleware import SkipMessage, TimeLimitExceeded
 
 DEFERRED = "deferred"
 RATE_LIMITED = "rate_limited"
@@ -39,15 +41,33 @@ def dead_letter_reason(broker: Broker, message: Message, exception: BaseExceptio
         return noted
     if isinstance(exception, ActorNotFound):
         return "unknown_actor"
-    if exception is None:
-        return "skipped"
     actor = broker.actors.get(message.actor_name)
     options = actor.options if actor is not None else {}
+    if exception is None or isinstance(exception, SkipMessage):
+        max_age = message.options.get("max_age", options.get("max_age"))
+        if max_age is not None and _age_ms(message) > int(max_age):
+            return "age_limit"
+        return "skipped"
     throws = message.options.get("throws") or options.get("throws")
     if throws and isinstance(exception, throws):
         return "non_retryable"
     max_retries = message.options.get("max_retries", options.get("max_retries", 20))
     # Retries has counted the failed attempt: retries > max_retries once exhausted.
     if max_retries is not None and int(message.options.get("retries", 0)) > int(max_retries):
-        return "retries_exhausted"
+        return "time_limit" if isinstance(exception, TimeLimitExceeded) else "retries_exhausted"
     return "not_retried"
+
+
+def attempts(broker: Broker, message: Message, exception: BaseException | None) -> int:
+    """How many times the job has run, counting this delivery if it ran."""
+    retries = int(message.options.get("retries", 0))
+    if exception is None or isinstance(exception, SkipMessage | ActorNotFound):
+        return retries  # did not run this time
+    actor = broker.actors.get(message.actor_name)
+    throws = message.options.get("throws") or (actor.options.get("throws") if actor else None)
+    # Retries counts every failed run in options["retries"], except one it does not retry.
+    return retries + 1 if throws and isinstance(exception, throws) else retries
+
+
+def _age_ms(message: Message) -> int:
+    return int(time.time() * 1000) - int(message.message_timestamp)

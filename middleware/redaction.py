@@ -67,6 +67,8 @@ class Redactor:
 
     def arguments(self, fn: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
         """A job's arguments by parameter name, secrets redacted (positional ones too)."""
+        if not args and not kwargs:
+            return {}
         try:
             bound = _signature(fn).bind_partial(*args, **kwargs).arguments
         except (TypeError, ValueError):

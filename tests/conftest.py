@@ -55,7 +55,7 @@ def url_for(kind: str) -> str:
 
 def env_for(kind: str) -> dict[str, str]:
     """Environment a process needs for ``kind``: RabbitMQ keeps limit state in the test Redis."""
-    return {"JOBKIT_RATE_LIMIT_URL": REDIS_URL} if kind == "rabbitmq" else {}
+    return {"JOBKIT_STATE_URL": REDIS_URL} if kind == "rabbitmq" else {}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -103,11 +103,17 @@ def flush(broker: Broker) -> None:
         # Test Redis db / private embedded server: nothing else lives there.
         broker.client.flushdb()
         return
+    from brokers.dead_letters import dead_letter_store, has_store
+
     for middleware in broker.middleware:
         store = getattr(middleware, "store", None)
         if store is not None:
             for key in store.client.scan_iter(match="jobkit:limits:*"):
                 store.client.delete(key)
+    if has_store(broker):
+        client = dead_letter_store(broker).client
+        for key in client.scan_iter(match="jobkit:dl:*"):
+            client.delete(key)
     for queue in set(broker.get_declared_queues()) | set(TEST_QUEUES):
         broker.declare_queue(queue)
     broker.flush_all()

@@ -11,7 +11,7 @@ from dramatiq import Broker
 
 from brokers import embedded, queue_depths
 from brokers.cli import build_parser
-from tests.conftest import EMBEDDED_URL, url_for
+from tests.conftest import EMBEDDED_URL, env_for, url_for
 from tests.support.processes import child_env, run_jobkit, wait_until, worker
 
 COMMANDS = [
@@ -21,6 +21,11 @@ COMMANDS = [
     ["queues"],
     ["stats"],
     ["send"],
+    ["dead-letters"],
+    ["dead-letters", "list"],
+    ["dead-letters", "show"],
+    ["dead-letters", "replay"],
+    ["dead-letters", "purge"],
     ["embedded"],
     ["embedded", "status"],
     ["embedded", "stop"],
@@ -37,7 +42,15 @@ def test_every_command_has_help(command: list[str]) -> None:
 def test_help_covers_every_subcommand_registered() -> None:
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.dest == "command")
-    assert set(subparsers.choices) == {"demo", "worker", "queues", "stats", "send", "embedded"}
+    assert set(subparsers.choices) == {
+        "demo",
+        "worker",
+        "queues",
+        "stats",
+        "send",
+        "dead-letters",
+        "embedded",
+    }
 
 
 def test_queues_json_counts_ready_delayed_and_dead_lettered(
@@ -57,9 +70,8 @@ def test_queues_json_counts_ready_delayed_and_dead_lettered(
     for _ in range(2):
         fails.send_with_options(delay=600_000)
 
-    result = run_jobkit(
-        "queues", "--json", "-q", "jobkit-test", env=child_env(url_for(real_broker_kind))
-    )
+    env = child_env(url_for(real_broker_kind), **env_for(real_broker_kind))
+    result = run_jobkit("queues", "--json", "-q", "jobkit-test", env=env)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     counts = {q["queue"]: q for q in report["queues"]}

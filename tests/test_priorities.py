@@ -309,7 +309,7 @@ def test_dead_worker_recovery_returns_jobs_to_their_level(redis_broker_kind: str
     survivor.maintenance_chance = 1_000_000  # run recovery on this call
     time.sleep(0.01)
     fetched = survivor.do_fetch("jobkit-test", 10)
-    levels = [dramatiq.Message.decode(data).options["priority"] for data in fetched]
+    levels = [dramatiq.Message.decode(data).options["priority"] for _, data in fetched]
     assert levels == ["critical"] * 3 + ["low"] * 3
     flush(survivor)
 

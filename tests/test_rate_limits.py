@@ -83,9 +83,10 @@ def test_limits_are_read_from_actor_options() -> None:
 def test_rabbitmq_without_a_limit_store_refuses_limited_actors_at_start_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.delenv("JOBKIT_STATE_URL", raising=False)
     monkeypatch.delenv("JOBKIT_RATE_LIMIT_URL", raising=False)
     broker = build_broker(RABBITMQ_URL)
-    with pytest.raises(RateLimitConfigError, match="set JOBKIT_RATE_LIMIT_URL to a Redis URL"):
+    with pytest.raises(RateLimitConfigError, match="set JOBKIT_STATE_URL to a Redis URL"):
         dramatiq.actor(lambda: None, actor_name="limited_job", broker=broker, rate_limit="1/s")
     # Unlimited actors are fine without a store.
     dramatiq.actor(lambda: None, actor_name="unlimited_job", broker=broker)

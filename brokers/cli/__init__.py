@@ -11,9 +11,9 @@ import redis
 
 from ..errors import JobkitError
 from ..urls import BROKER_URL_ENV, HOME_ENV
-from . import demo, embedded, queues, send, stats, worker
+from . import dead_letters, demo, embedded, queues, send, stats, worker
 
-COMMANDS = (demo, worker, queues, stats, send, embedded)
+COMMANDS = (demo, worker, queues, stats, send, dead_letters, embedded)
 
 EPILOG = f"""\
 environment:
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jobkit",
         description="Background jobs on Dramatiq: run the demo, inspect queues, send jobs, "
-        "manage the embedded broker.",
+        "inspect and replay dead letters, manage the embedded broker.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

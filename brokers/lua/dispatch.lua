@@ -23,6 +23,7 @@
 --     first (strict) or by weighted random choice (weighted);
 --   * requeue takes (id, suffix) pairs and puts ids back at the head of
 --     their level list, keeping FIFO order within a level;
+--   * fetch returns (id, payload) pairs, not payloads alone;
 --   * dead-worker recovery reads each message's level from its JSON;
 --   * purge also deletes the level lists.
 -- Delay queues ($queue.DQ) keep a single list: a due message is re-enqueued
@@ -260,11 +261,17 @@ elseif command == "fetch" then
         end
     end
 
+    -- Pairs of (id, payload): a consumer can ack or dead-letter an id whose
+    -- payload is missing or not a message (payload false -> nil).
+    local pairs = {}
     if next(message_ids) ~= nil then
-        return redis.call("hmget", queue_messages, unpack(message_ids))
-    else
-        return {}
+        local payloads = redis.call("hmget", queue_messages, unpack(message_ids))
+        for i, message_id in ipairs(message_ids) do
+            pairs[2 * i - 1] = message_id
+            pairs[2 * i] = payloads[i]
+        end
     end
+    return pairs
 
 
 -- Moves fetched-but-not-processed messages back to their queues on

@@ -1,0 +1,258 @@
+"""``jobkit dead-letters``: list, show, replay and purge jobs that failed for good."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from ..dead_letters import DeadLetterError, DeadLetterStore, Filters, parse_duration_ms
+from .output import print_json, print_table, stderr, stdout
+
+REASONS = (
+    "retries_exhausted, non_retryable, time_limit, age_limit, rate_limited, unknown_actor, "
+    "undecodable, not_retried, skipped"
+)
+
+
+def add_parser(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser(
+        "dead-letters",
+        help="list, show, replay and purge jobs that failed for good",
+        description="Jobs that failed for good (retries exhausted, a non-retryable error, an age "
+        "or time limit, a rate limit waited too long, an unknown actor) and bytes found in a "
+        "queue that are not a message, each kept with its reason, exception and traceback. "
+        f"Reasons: {REASONS}.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    listing = actions.add_parser("list", help="dead letters, newest first")
+    _add_filters(listing)
+    listing.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (50)")
+    listing.add_argument("--json", action="store_true", help="print full records as JSON")
+    listing.set_defaults(handler=run_list)
+
+    show = actions.add_parser("show", help="one dead letter, with traceback and message")
+    show.add_argument("id", metavar="ID")
+    show.add_argument("--json", action="store_true", help="print the record as JSON")
+    show.set_defaults(handler=run_show)
+
+    replay = actions.add_parser(
+        "replay",
+        help="send dead letters to their queue again",
+        description="Re-enqueue each dead letter's original message (new message id, retry "
+        "count reset, options['replayed_from'] = the dead letter's id). A dead letter is "
+        "deleted only after its enqueue is confirmed by the broker. Undecodable ones have no "
+        "message and are skipped.",
+    )
+    _add_selection(replay)
+    replay.add_argument("--dry-run", action="store_true", help="say what would be replayed")
+    replay.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    replay.set_defaults(handler=run_replay)
+
+    purge = actions.add_parser("purge", help="delete dead letters")
+    _add_selection(purge)
+    purge.add_argument(
+        "--older-than",
+        metavar="AGE",
+        help="only those that failed more than AGE ago (e.g. 7d, 12h)",
+    )
+    purge.add_argument("--yes", action="store_true", help="do not ask before deleting a selection")
+    purge.add_argument("--json", action="store_true", help="print the count as JSON")
+    purge.set_defaults(handler=run_purge)
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--queue", metavar="Q", help="only this queue")
+    parser.add_argument("--actor", metavar="A", help="only this actor")
+    parser.add_argument("--reason", metavar="R", help=f"only this reason ({REASONS})")
+    parser.add_argument(
+        "--since",
+        metavar="T",
+        help="only those that failed since T: an age (30m, 2h, 7d) or an ISO-8601 time",
+    )
+
+
+def _add_selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("ids", nargs="*", metavar="ID", help="dead letter ids")
+    parser.add_argument(
+        "--all", action="store_true", help="every dead letter matching the filters (or all)"
+    )
+    _add_filters(parser)
+
+
+def parse_time_ms(text: str) -> int:
+    """An age (``2h``: that long ago) or an ISO-8601 time (UTC if it names no zone) -> epoch ms."""
+    try:
+        return int(time.time() * 1000) - parse_duration_ms(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise DeadLetterError(
+            f"{text!r} is neither an age (30m, 2h, 7d) nor an ISO-8601 time"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+def filters_from(args: argparse.Namespace) -> Filters:
+    before = None
+    if getattr(args, "older_than", None):
+        try:
+            before = int(time.time() * 1000) - parse_duration_ms(args.older_than)
+        except ValueError as error:
+            raise DeadLetterError(f"--older-than: {error}") from None
+    return Filters(
+        queue=args.queue,
+        actor=args.actor,
+        reason=args.reason,
+        since_ms=parse_time_ms(args.since) if args.since else None,
+        before_ms=before,
+    )
+
+
+def _store() -> DeadLetterStore:
+    import actors
+
+    from .. import check_broker
+    from ..dead_letters import dead_letter_store
+
+    check_broker(actors.broker)
+    return dead_letter_store(actors.broker)
+
+
+def _selection(args: argparse.Namespace) -> tuple[list[str], Filters | None]:
+    filters = filters_from(args)
+    filtered = filters != Filters()
+    if args.ids and (args.all or filtered):
+        raise DeadLetterError("give dead letter ids, or --all with filters, not both")
+    if not args.ids and not args.all:
+        raise DeadLetterError("give dead letter ids, or --all (optionally with filters)")
+    return list(args.ids), filters if args.all else None
+
+
+def _error_text(record: dict[str, Any], width: int = 70) -> str:
+    text = ": ".join(filter(None, (record.get("exc_type"), record.get("exc_message")))) or "-"
+    text = text.replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def run_list(args: argparse.Namespace) -> int:
+    records = _store().list(filters_from(args), limit=args.limit)
+    if args.json:
+        print_json(records)
+        return 0
+    print_table(
+        f"dead letters (newest first, at most {args.limit})",
+        ("id", "failed at", "queue", "actor", "reason", "attempts", "error"),
+        [
+            (
+                r["id"],
+                r.get("failed_at"),
+                r.get("queue"),
+                r.get("actor"),
+                r.get("reason"),
+                r.get("attempts"),
+                _error_text(r),
+            )
+            for r in records
+        ],
+    )
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    record = _store().get(args.id)
+    if record is None:
+        raise DeadLetterError(f"no dead letter {args.id!r} (jobkit dead-letters list shows ids)")
+    if args.json:
+        print_json(record)
+        return 0
+    for key in ("id", "queue", "actor", "reason", "attempts", "enqueued_at", "failed_at"):
+        stdout.print(f"[bold]{key}[/]: {record.get(key)}", highlight=False)
+    stdout.print(f"[bold]worker[/]: {record.get('host')} pid {record.get('pid')}", highlight=False)
+    if record.get("replayed_from"):
+        stdout.print(f"[bold]replayed_from[/]: {record['replayed_from']}", highlight=False)
+    stdout.print(f"[bold]error[/]: {_error_text(record, width=2000)}", highlight=False)
+    if record.get("message"):
+        message = record["message"]
+        stdout.print(
+            f"[bold]message[/]: {message['actor_name']} args={message['args']!r} "
+            f"kwargs={message['kwargs']!r} options={message['options']!r}",
+            highlight=False,
+            markup=False,
+        )
+    if record.get("raw") is not None:
+        stdout.print(f"[bold]raw ({record.get('raw_encoding')})[/]:", highlight=False)
+        stdout.print(record["raw"], markup=False, highlight=False)
+    if record.get("traceback"):
+        stdout.print("[bold]traceback[/]:", highlight=False)
+        stdout.print(record["traceback"].rstrip(), markup=False, highlight=False)
+    return 0
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    ids, filters = _selection(args)
+    store = _store()
+    with _progress("replaying") as advance:
+        report = store.replay(ids, filters, dry_run=args.dry_run, progress=advance)
+    if args.json:
+        print_json({"dry_run": args.dry_run, **report.as_dict()})
+    else:
+        verb = "would replay" if args.dry_run else "replayed"
+        stdout.print(f"{verb} {len(report.replayed)} dead letter(s)", highlight=False)
+        for dead_letter_id, why in {**report.skipped, **report.failed}.items():
+            stderr.print(f"  {dead_letter_id}: {why}", markup=False, highlight=False)
+    return 1 if report.failed else 0
+
+
+def run_purge(args: argparse.Namespace) -> int:
+    ids, filters = _selection(args)
+    store = _store()
+    if filters is not None:
+        ids = ids + [record["id"] for record in store.iter(filters)]
+        if ids and not args.yes and not _confirm(f"delete {len(ids)} dead letter(s)?"):
+            raise DeadLetterError(f"not deleting {len(ids)} dead letter(s) without --yes")
+    removed = store.remove(ids)
+    if args.json:
+        print_json({"purged": removed})
+    else:
+        stdout.print(f"purged {removed} dead letter(s)", highlight=False)
+    return 0
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+class _progress:  # noqa: N801 - used as a context manager, like rich's
+    """A rich progress bar on a terminal (nothing otherwise); yields ``advance(done, total)``."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._bar: Any = None
+
+    def __enter__(self) -> Any:
+        if not stderr.is_terminal:
+            return None
+        from rich.progress import Progress
+
+        self._bar = Progress(console=stderr, transient=True)
+        self._bar.start()
+        task = self._bar.add_task(self.label, total=None)
+
+        def advance(done: int, total: int) -> None:
+            self._bar.update(task, completed=done, total=total)
+
+        return advance
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()

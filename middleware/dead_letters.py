@@ -1,0 +1,237 @@
+"""Dead letters: describe a job that failed for good, and tell someone once it is kept.
+
+``before_nack`` describes the failure (reason, exception, traceback, attempts,
+the message as sent) on the message; the broker's consumer stores that record
+in the dead-letter store (``brokers.dead_letters``) and removes the message
+from its queue; then ``after_dead_letter`` runs the ``on_dead_letter`` hooks.
+Bytes that are not a message never reach middleware: the consumer stores them
+as ``undecodable`` and calls ``after_dead_letter`` too.
+
+Reasons: ``retries_exhausted``, ``non_retryable`` (a ``throws`` exception),
+``time_limit``, ``age_limit``, ``rate_limited`` (``rate_limit_max_wait``),
+``unknown_actor``, ``undecodable``, ``not_retried`` (``retry_when`` said no),
+``skipped`` (another middleware failed it without running it).
+
+Settings: ``JOBKIT_DEAD_LETTER_TRACEBACK`` (characters kept, the end of the
+traceback; default 8192), ``JOBKIT_DEAD_LETTER_HOOK`` (``module:function``
+called with each record), ``JOBKIT_DEAD_LETTER_WEBHOOK`` (URL that gets each
+record, without arguments or raw bytes, as a JSON POST). The ERROR log event
+(``job.dead_lettered``) and the Sentry event come from JobLogging and SentryAlerts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+import traceback
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from dramatiq import Broker, Message, Middleware
+
+from brokers.dead_letters import iso_ms, message_as_sent, new_record
+from brokers.errors import BrokerConfigError
+from brokers.urls import mask_url
+
+from . import outcomes
+
+TRACEBACK_ENV = "JOBKIT_DEAD_LETTER_TRACEBACK"
+HOOK_ENV = "JOBKIT_DEAD_LETTER_HOOK"
+WEBHOOK_ENV = "JOBKIT_DEAD_LETTER_WEBHOOK"
+DEFAULT_TRACEBACK_CHARS = 8192
+#: Record fields a webhook does not get: arguments and raw bytes may hold secrets.
+PRIVATE_FIELDS = ("message", "raw")
+HOST = socket.gethostname()
+
+logger = logging.getLogger("jobkit.dead_letters")
+
+Hook = Callable[[dict[str, Any]], Any]
+
+
+def _tail(text: str | None, limit: int) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return "…" + text[-limit:]
+
+
+def describe_failure(
+    broker: Broker, message: Message, *, traceback_chars: int = DEFAULT_TRACEBACK_CHARS
+) -> dict[str, Any]:
+    """The dead-letter record of a message being rejected in this worker."""
+    exception = getattr(message, "_exception", None)
+    formatted = None
+    if exception is not None and exception.__traceback__ is not None:
+        formatted = "".join(traceback.format_exception(exception))
+    elif exception is not None:
+        formatted = message.options.get("traceback")
+    return new_record(
+        dead_letter_id=message.message_id,
+        queue=message.queue_name,
+        reason=outcomes.dead_letter_reason(broker, message, exception),
+        actor=message.actor_name,
+        exc_type=type(exception).__name__ if exception is not None else None,
+        exc_message=_tail(str(exception), 2000) if exception is not None else None,
+        traceback=_tail(formatted, traceback_chars),
+        attempts=outcomes.attempts(broker, message, exception),
+        enqueued_at=iso_ms(int(message.message_timestamp)),
+        host=HOST,
+        pid=os.getpid(),
+        replayed_from=message.options.get("replayed_from"),
+        message=message_as_sent(message),
+    )
+
+
+def describe_undecodable(queue_name: str, raw: bytes, error: Exception) -> dict[str, Any]:
+    from brokers.dead_letters import raw_fields
+
+    return new_record(
+        queue=queue_name,
+        reason="undecodable",
+        actor=None,
+        exc_type=type(error).__name__,
+        exc_message=str(error),
+        traceback=None,
+        attempts=0,
+        enqueued_at=None,
+        host=HOST,
+        pid=os.getpid(),
+        message=None,
+        **raw_fields(raw),
+    )
+
+
+def load_hook(spec: str) -> Hook:
+    """``package.module:function`` -> the function; a clear error if it does not resolve."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        hook = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise BrokerConfigError(
+            f"{HOOK_ENV}={spec!r} does not name a function (module:function): {error}"
+        ) from None
+    if not callable(hook):
+        raise BrokerConfigError(f"{HOOK_ENV}={spec!r} is not callable")
+    return hook
+
+
+class WebhookSender:
+    """POSTs records from one background thread, so a slow receiver never holds a job thread.
+
+    At most ``backlog`` records wait; past that they are dropped with a warning
+    (they are still in the store). One attempt each, ``timeout`` seconds.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 5.0, backlog: int = 1000) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=backlog)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def send(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="jobkit-dead-letter-webhook", daemon=True
+                )
+                self._thread.start()
+        try:
+            self._queue.put_nowait({k: v for k, v in record.items() if k not in PRIVATE_FIELDS})
+        except queue.Full:
+            logger.warning(
+                "dead letters: webhook backlog full; not posting %s (it is kept)", record["id"]
+            )
+
+    def drain(self, timeout: float = 10.0) -> None:
+        """Wait until every queued record was posted (or failed); for shutdown and tests."""
+        deadline = threading.Event()
+        timer = threading.Timer(timeout, deadline.set)
+        timer.start()
+        try:
+            while self._queue.unfinished_tasks and not deadline.is_set():
+                deadline.wait(0.01)
+        finally:
+            timer.cancel()
+
+    def _run(self) -> None:
+        while True:
+            record = self._queue.get()
+            try:
+                request = urllib.request.Request(
+                    self.url,
+                    data=json.dumps(record, default=str).encode(),
+                    headers={"Content-Type": "application/json", "User-Agent": "jobkit"},
+                    method="POST",
+                )
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    response.read()
+            except Exception as error:  # noqa: BLE001 - the record stays in the store
+                logger.warning(
+                    "dead letters: webhook %s failed for %s: %s",
+                    mask_url(self.url),
+                    record.get("id"),
+                    error,
+                )
+            finally:
+                self._queue.task_done()
+
+
+class DeadLetters(Middleware):
+    """Describes each rejected message for the store, then runs the ``on_dead_letter`` hooks."""
+
+    def __init__(
+        self,
+        on_dead_letter: Hook | None = None,
+        *,
+        traceback_chars: int | None = None,
+        webhook_url: str | None = None,
+    ) -> None:
+        raw_chars = os.environ.get(TRACEBACK_ENV, "").strip()
+        if traceback_chars is None and raw_chars and not raw_chars.isdigit():
+            raise BrokerConfigError(f"{TRACEBACK_ENV}={raw_chars!r} is not a number of characters")
+        self.traceback_chars = traceback_chars or int(raw_chars or DEFAULT_TRACEBACK_CHARS)
+        hooks: list[Hook] = []
+        if on_dead_letter is not None:
+            hooks.append(on_dead_letter)
+        if spec := os.environ.get(HOOK_ENV, "").strip():
+            hooks.append(load_hook(spec))
+        url = webhook_url or os.environ.get(WEBHOOK_ENV, "").strip()
+        self.webhook = WebhookSender(url) if url else None
+        if self.webhook is not None:
+            hooks.append(self.webhook.send)
+        self.hooks = hooks
+
+    def after_worker_boot(self, broker: Broker, worker: Any) -> None:
+        from brokers.dead_letters import has_store
+
+        if not has_store(broker):
+            logger.warning(
+                "dead letters: no store (set JOBKIT_STATE_URL to a Redis URL); failed jobs go "
+                "to the broker's <queue>.XQ without their reason, and jobkit dead-letters "
+                "cannot list them"
+            )
+
+    def before_nack(self, broker: Broker, message: Message) -> None:
+        message.dead_letter = describe_failure(  # type: ignore[attr-defined]
+            broker, message, traceback_chars=self.traceback_chars
+        )
+
+    def after_dead_letter(self, broker: Broker, record: dict[str, Any]) -> None:
+        """Called by the consumer once ``record`` is in the store."""
+        for hook in self.hooks:
+            try:
+                hook(record)
+            except Exception:
+                logger.exception("dead letters: on_dead_letter hook %r failed", hook)
+
+
+def dead_letter_of(broker: Broker, message: Message) -> dict[str, Any]:
+    """The record DeadLetters made for ``message`` (or one made now, if it is not installed)."""
+    record = getattr(message, "dead_letter", None)
+    return record if record is not None else describe_failure(broker, message)
