@@ -128,7 +128,7 @@ class Runs:
 
 
 def declare_failing(broker: Broker, runs: Runs, **options: Any) -> dramatiq.Actor:
-    def always_fails(n: int) -> None:
+    def always_fails(n: int, password: str = "") -> None:
         runs.record()
         if not runs.fixed:
             raise ValueError(f"cannot handle {n}")
@@ -160,7 +160,7 @@ def test_a_job_that_keeps_failing_is_one_dead_letter_then_replays_once(
     failing = declare_failing(real_broker, runs)
     other = declare_failing(real_broker, runs, actor_name="also_fails", max_retries=0)
     store = dead_letter_store(real_broker)
-    sent = failing.send(7)
+    sent = failing.send_with_options(args=(7,), kwargs={"password": "hunter2"})
     [other.send(n) for n in range(3)]
     with worker(real_broker, threads=2, queues={QUEUE}):
         assert wait_until(lambda: store.count() == 4, 30), store.list()
@@ -178,6 +178,14 @@ def test_a_job_that_keeps_failing_is_one_dead_letter_then_replays_once(
         assert "in always_fails" in record["traceback"]
         assert record["traceback"].rstrip().endswith("ValueError: cannot handle 7")
         assert record["message"]["args"] == [7] and record["queue"] == QUEUE
+        assert record["message"]["kwargs"] == {"password": "hunter2"}  # kept for the replay
+
+        shown = run_jobkit("dead-letters", "show", sent.message_id,
+                           env=cli_env(real_broker_kind))  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        assert "reason: retries_exhausted" in shown.stdout
+        assert "kwargs={'password': '[redacted]'}" in shown.stdout
+        assert "ValueError: cannot handle 7" in shown.stdout
 
         runs.fixed = True
         replayed = run_jobkit("dead-letters", "replay", sent.message_id, "--json",

@@ -8,6 +8,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from rich.markup import escape
+
+from middleware.redaction import REDACTED, Redactor
+
 from ..dead_letters import DeadLetterError, DeadLetterStore, Filters, parse_duration_ms
 from .output import print_json, print_table, stderr, stdout
 
@@ -34,7 +38,12 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     listing.add_argument("--json", action="store_true", help="print full records as JSON")
     listing.set_defaults(handler=run_list)
 
-    show = actions.add_parser("show", help="one dead letter, with traceback and message")
+    show = actions.add_parser(
+        "show",
+        help="one dead letter, with traceback and message",
+        description="Print one dead letter. Keyword arguments whose names match "
+        "JOBKIT_LOG_REDACT are masked; --json prints the record exactly as kept.",
+    )
     show.add_argument("id", metavar="ID")
     show.add_argument("--json", action="store_true", help="print the record as JSON")
     show.set_defaults(handler=run_show)
@@ -173,23 +182,31 @@ def run_show(args: argparse.Namespace) -> int:
     if args.json:
         print_json(record)
         return 0
+
+    def field(label: str, value: Any) -> None:
+        stdout.print(f"[bold]{label}[/]: {escape(str(value))}", highlight=False)
+
     for key in ("id", "queue", "actor", "reason", "attempts", "enqueued_at", "failed_at"):
-        stdout.print(f"[bold]{key}[/]: {record.get(key)}", highlight=False)
-    stdout.print(f"[bold]worker[/]: {record.get('host')} pid {record.get('pid')}", highlight=False)
+        field(key, record.get(key))
+    field("worker", f"{record.get('host')} pid {record.get('pid')}")
     if record.get("replayed_from"):
-        stdout.print(f"[bold]replayed_from[/]: {record['replayed_from']}", highlight=False)
-    stdout.print(f"[bold]error[/]: {_error_text(record, width=2000)}", highlight=False)
+        field("replayed_from", record["replayed_from"])
+    field("error", _error_text(record, width=2000))
     if record.get("message"):
         message = record["message"]
-        stdout.print(
-            f"[bold]message[/]: {message['actor_name']} args={message['args']!r} "
-            f"kwargs={message['kwargs']!r} options={message['options']!r}",
-            highlight=False,
-            markup=False,
+        # Secret-named arguments are masked here as in logs; --json prints the record as kept.
+        redactor = Redactor.from_env()
+        kwargs = {
+            name: REDACTED if redactor.is_secret(name) else value
+            for name, value in message["kwargs"].items()
+        }
+        field(
+            "message",
+            f"{message['actor_name']} args={message['args']!r} kwargs={kwargs!r} "
+            f"options={message['options']!r}",
         )
     if record.get("raw") is not None:
-        stdout.print(f"[bold]raw ({record.get('raw_encoding')})[/]:", highlight=False)
-        stdout.print(record["raw"], markup=False, highlight=False)
+        field(f"raw ({record.get('raw_encoding')})", record["raw"])
     if record.get("traceback"):
         stdout.print("[bold]traceback[/]:", highlight=False)
         stdout.print(record["traceback"].rstrip(), markup=False, highlight=False)
