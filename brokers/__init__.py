@@ -20,6 +20,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 # Submodules that import middleware are imported inside functions: middleware
 # imports brokers.errors, and must not find this package half-initialised.
+from .bulk import BulkSendError, send_many
 from .errors import BrokerConfigError, BrokerUnavailable, EmbeddedServerError, JobkitError
 from .stats import QueueDepth
 from .urls import BROKER_URL_ENV, BrokerSpec, mask_url, parse_broker_url, spec_from_env
@@ -29,6 +30,7 @@ __all__ = [
     "BrokerConfigError",
     "BrokerSpec",
     "BrokerUnavailable",
+    "BulkSendError",
     "EmbeddedServerError",
     "JobkitError",
     "QueueDepth",
@@ -37,6 +39,7 @@ __all__ = [
     "mask_url",
     "parse_broker_url",
     "queue_depths",
+    "send_many",
     "setup_broker",
     "spec_of",
 ]

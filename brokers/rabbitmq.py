@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from collections.abc import Iterable, Iterator
 from functools import partial
 from typing import Any
@@ -21,14 +22,16 @@ import pika.exceptions
 from dramatiq import Broker, Message, Middleware
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer, _RabbitmqMessage
-from dramatiq.common import dq_name, q_name, xq_name
+from dramatiq.common import current_millis, dq_name, q_name, xq_name
 from dramatiq.errors import BrokerConnectionError, ConnectionClosed
 
 from middleware.priorities import LEVEL_NUMBERS, PriorityConfig, message_level
 
+from .bulk import BulkSendError
 from .dead_letters import keep_failed, keep_undecodable
 from .decoding import UndecodableMessage, decode_message
 from .errors import BrokerConfigError, BrokerUnavailable, JobkitError
+from .hooks import CachedHooks
 from .stats import QueueDepth
 from .urls import mask_url
 
@@ -107,8 +110,59 @@ class DeadLetteringConsumer(_RabbitmqConsumer):
             super().nack(message)
 
 
-class PriorityRabbitmqBroker(RabbitmqBroker):
+class PriorityRabbitmqBroker(CachedHooks, RabbitmqBroker):
     """RabbitmqBroker whose queues carry ``x-max-priority`` and whose declare errors are clear."""
+
+    #: Seconds to wait for the confirms of one bulk batch.
+    bulk_confirm_timeout = 30.0
+
+    def enqueue_many(
+        self, messages: list[Message], *, delay: int | None = None, batch_size: int = 1000
+    ) -> list[Message]:
+        """Publish with streaming publisher confirms; returns once all are confirmed.
+
+        Up to ``batch_size`` messages may await their confirms at once, so the
+        broker persists one batch while the next is sent, instead of one round
+        trip per message (``brokers.bulk``). pika's BlockingChannel waits for
+        every confirm in turn; its underlying Channel publishes without waiting
+        and reports confirms through a callback, driven here by the
+        connection's event loop.
+        """
+        # All through before_enqueue first: an invalid message fails the call before any is sent.
+        prepared = [self._prepare(message, delay) for message in messages]
+        connection = pika.BlockingConnection(self.parameters)
+        try:
+            publisher = _ConfirmedPublisher(connection, window=batch_size)
+            published: list[Message] = []
+            try:
+                for message in prepared:
+                    publisher.publish(message)
+                    published.append(message)
+                publisher.wait_all(self.bulk_confirm_timeout)
+            except (pika.exceptions.AMQPError, OSError) as error:
+                publisher.failure = _reason(error)
+            sent = [m for m in published if m.message_id in publisher.accepted]
+            for message in sent:
+                self.emit_after("enqueue", message, delay)
+            if len(sent) < len(messages):
+                accepted = {m.message_id for m in sent}
+                not_sent = [m for m in published if m.message_id not in accepted]
+                raise BulkSendError(publisher.failure, not_sent + prepared[len(published) :], sent)
+            return sent
+        finally:
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                connection.close()
+
+    def _prepare(self, message: Message, delay: int | None) -> Message:
+        # As RabbitmqBroker.enqueue: declare the queue, move delayed messages to
+        # the delay queue with an eta, then before_enqueue (which sets the priority).
+        self.declare_queue(message.queue_name, ensure=True)
+        if delay is not None:
+            message = message.copy(
+                queue_name=dq_name(message.queue_name), options={"eta": current_millis() + delay}
+            )
+        self.emit_before("enqueue", message, delay)
+        return message
 
     @property
     def consumer_class(self) -> type[_RabbitmqConsumer]:
@@ -153,6 +207,75 @@ class AmqpPriority(Middleware):
 
     def before_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
         message.options["broker_priority"] = LEVEL_NUMBERS[message_level(broker, message)]
+
+
+class _ConfirmedPublisher:
+    """Publishes on a channel of its own in confirm mode, keeping at most ``window`` unconfirmed."""
+
+    def __init__(self, connection: pika.BlockingConnection, window: int) -> None:
+        self.connection = connection
+        self.channel = connection.channel()._impl  # the async Channel under the blocking one
+        self.window = max(window, 1)
+        self.failure = "not confirmed"
+        self.accepted: set[str] = set()
+        self._next_tag = 1
+        self._pending: dict[int, str] = {}
+        self._returned: set[str] = set()
+        self._properties: dict[Any, pika.BasicProperties] = {}
+        ready: list[bool] = []
+        self.channel.add_on_return_callback(self._on_return)
+        self.channel.confirm_delivery(self._on_confirm, callback=lambda _frame: ready.append(True))
+        self._run_until(lambda: bool(ready), 10.0)
+
+    def publish(self, message: Message) -> None:
+        priority = message.options.get("broker_priority")
+        properties = self._properties.get(priority)
+        if properties is None:  # one per level: building them costs more than the JSON
+            properties = self._properties[priority] = pika.BasicProperties(
+                delivery_mode=2, priority=priority
+            )
+        self.channel.basic_publish("", message.queue_name, message.encode(), properties, True)
+        self._pending[self._next_tag] = message.message_id
+        self._next_tag += 1
+        if len(self._pending) >= self.window:
+            # Let confirms in (and frames out) until half the window is free.
+            self._run_until(lambda: len(self._pending) <= self.window // 2, 30.0)
+
+    def wait_all(self, timeout: float) -> None:
+        self._run_until(lambda: not self._pending, timeout)
+        if self._pending:
+            self.failure = f"no confirm within {timeout:.0f} s"
+        self.accepted -= self._returned
+
+    def _run_until(self, done: Any, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            # Short slices: the blocking connection does not return early for callbacks
+            # of the channel underneath, only when its time limit runs out.
+            self.connection.process_data_events(time_limit=0.002)
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        accepted = isinstance(method, pika.spec.Basic.Ack)
+        if not accepted:
+            self.failure = "the broker nacked them"
+        if method.multiple:
+            tags = []
+            for tag in self._pending:  # in publish order
+                if tag > method.delivery_tag:
+                    break
+                tags.append(tag)
+        else:
+            tags = [method.delivery_tag]
+        for tag in tags:
+            message_id = self._pending.pop(tag, None)
+            if accepted and message_id is not None:
+                self.accepted.add(message_id)
+
+    def _on_return(self, _channel: Any, _method: Any, _properties: Any, body: bytes) -> None:
+        # Rare (the queue was deleted meanwhile): the body says which message came back.
+        self.failure = "no queue to route them to"
+        self._returned.add(Message.decode(body).message_id)
 
 
 def build_rabbitmq_broker(

@@ -26,9 +26,11 @@ from dramatiq.errors import ConnectionClosed
 
 from middleware.priorities import LEVELS, PriorityConfig
 
+from .bulk import BulkSendError, batches
 from .dead_letters import keep_failed, keep_undecodable
 from .decoding import UndecodableMessage, decode_message
 from .errors import BrokerUnavailable
+from .hooks import CachedHooks
 from .stats import QueueDepth
 from .urls import mask_url
 
@@ -47,7 +49,7 @@ def level_suffix(level: Any) -> str:
     return LEVEL_SUFFIXES.get(level, "") if isinstance(level, str) else ""
 
 
-class PriorityRedisBroker(RedisBroker):
+class PriorityRedisBroker(CachedHooks, RedisBroker):
     """RedisBroker whose canonical queues are priority-aware."""
 
     def __init__(self, *, priority_config: PriorityConfig, **kwargs: Any) -> None:
@@ -63,16 +65,86 @@ class PriorityRedisBroker(RedisBroker):
     def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
         # Dramatiq's RedisBroker.enqueue, plus the level's list, read after
         # before_enqueue has validated and stamped it.
-        queue_name = message.queue_name
-        message = message.copy(options={"redis_message_id": str(uuid4())})
-        if delay is not None:
-            queue_name = dq_name(queue_name)
-            message = message.copy(queue_name=queue_name, options={"eta": current_millis() + delay})
-        self.emit_before("enqueue", message, delay)
+        message = self._prepare(message, delay)
         suffix = "" if delay is not None else level_suffix(message.options.get("priority"))
-        self.do_enqueue(queue_name, message.options["redis_message_id"], message.encode(), suffix)
+        self.do_enqueue(
+            message.queue_name, message.options["redis_message_id"], message.encode(), suffix
+        )
         self.emit_after("enqueue", message, delay)
         return message
+
+    def enqueue_many(
+        self, messages: list[Message], *, delay: int | None = None, batch_size: int = 1000
+    ) -> list[Message]:
+        """Enqueue in batches: one script call per queue per batch, one round trip per batch.
+
+        Each script call is atomic, so after an error the messages of a call are
+        either all in their queue or none are (``brokers.bulk``).
+        """
+        # All through before_enqueue first: an invalid message fails the call before any is sent.
+        prepared = [self._prepare(message, delay) for message in messages]
+        sent: list[Message] = []
+        for index, batch in enumerate(batches(prepared, batch_size)):
+            by_queue: dict[str, list[Message]] = {}
+            for queued in batch:
+                by_queue.setdefault(queued.queue_name, []).append(queued)
+            pipe = self.client.pipeline(transaction=False)
+            for queue_name, queued_messages in by_queue.items():
+                triples = []
+                for queued in queued_messages:
+                    triples += [
+                        queued.options["redis_message_id"],
+                        queued.encode(),
+                        "" if delay is not None else level_suffix(queued.options.get("priority")),
+                    ]
+                self.scripts["dispatch"](
+                    keys=[self.namespace],
+                    args=self._dispatch_args("enqueue_batch", queue_name, *triples),
+                    client=pipe,
+                )
+            rest = prepared[(index + 1) * batch_size :]
+            try:
+                results = pipe.execute(raise_on_error=False)
+            except redis.RedisError as error:
+                staged = [m for group in by_queue.values() for m in group]
+                raise BulkSendError(str(error), staged + rest, sent) from error
+            failed: list[Message] = []
+            reason = ""
+            for queued_messages, result in zip(by_queue.values(), results, strict=True):
+                if isinstance(result, Exception):
+                    failed += queued_messages
+                    reason = str(result)
+                    continue
+                for queued in queued_messages:
+                    self.emit_after("enqueue", queued, delay)
+                    sent.append(queued)
+            if failed:
+                raise BulkSendError(reason, failed + rest, sent)
+        return sent
+
+    def _prepare(self, message: Message, delay: int | None) -> Message:
+        # As enqueue: a broker id, the delay queue and eta if delayed, then before_enqueue.
+        message = message.copy(options={"redis_message_id": str(uuid4())})
+        if delay is not None:
+            message = message.copy(
+                queue_name=dq_name(message.queue_name), options={"eta": current_millis() + delay}
+            )
+        self.emit_before("enqueue", message, delay)
+        return message
+
+    def _dispatch_args(self, command: str, queue_name: str, *args: Any) -> list[Any]:
+        # Dramatiq's _dispatch argument list, without maintenance (bulk sends never run it).
+        return [
+            command,
+            current_millis(),
+            queue_name,
+            self.broker_id,
+            self.heartbeat_timeout,
+            self.dead_message_ttl,
+            "0",
+            self._max_unpack_size(),
+            *args,
+        ]
 
     def do_fetch(self, queue_name: str, count: int) -> list[tuple[bytes, bytes | None]]:
         """Up to ``count`` (redis id, payload) pairs; payload ``None`` if the id has none."""

@@ -24,6 +24,7 @@
 --   * requeue takes (id, suffix) pairs and puts ids back at the head of
 --     their level list, keeping FIFO order within a level;
 --   * fetch returns (id, payload) pairs, not payloads alone;
+--   * enqueue_batch enqueues many messages of one queue in one call;
 --   * dead-worker recovery reads each message's level from its JSON;
 --   * purge also deletes the level lists.
 -- Delay queues ($queue.DQ) keep a single list: a due message is re-enqueued
@@ -190,6 +191,19 @@ if command == "enqueue" then
 
     redis.call("hset", queue_messages, message_id, message_data)
     redis.call("rpush", queue_full_name .. suffix, message_id)
+
+
+-- Enqueues many messages on $queue_full_name in one call (jobkit's bulk send):
+-- ARGS are (message_id, message_data, level suffix) triples.
+elseif command == "enqueue_batch" then
+    for i = 1, #ARGS, 3 do
+        local suffix = ARGS[i + 2] or ""
+        if is_delay_queue then
+            suffix = ""
+        end
+        redis.call("hset", queue_messages, ARGS[i], ARGS[i + 1])
+        redis.call("rpush", queue_full_name .. suffix, ARGS[i])
+    end
 
 
 -- Returns up to $prefetch number of messages from $queue_full_name.
