@@ -74,7 +74,7 @@ JOBKIT = System("jobkit", JOBKIT_APP, QUEUE, WITHOUT_OBSERVABILITY, QUIET)
 PLAIN = System("dramatiq", "benchmarks.apps.plain_app", PLAIN_QUEUE)
 
 
-LIMIT_STATE_URL = "redis://127.0.0.1:6379/14"
+LIMIT_STATE_URL = os.environ.get("JOBKIT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
 @contextlib.contextmanager
@@ -228,47 +228,82 @@ def run_benchmark(
     return 0
 
 
+#: The benchmark brokers; database 14 of the local Redis (flushed by the runs).
 URLS = {
-    "redis": "redis://127.0.0.1:6379/14",
-    "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/",
+    "redis": os.environ.get("JOBKIT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
+    "rabbitmq": os.environ.get("JOBKIT_BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/"),
 }
 
 
 def fill(actor: Any, count: int, *args: Any) -> None:
-    for _ in range(count):
-        actor.send(*args)
+    """``count`` messages of ``actor``: in bulk (``send_many``; any broker), not timed."""
+    from brokers import send_many
+
+    for start in range(0, count, 5000):
+        batch = [actor.message(*args) for _ in range(min(5000, count - start))]
+        send_many(batch, broker=actor.broker)
 
 
-def noop_throughput(system: System, url: str, *, jobs: int) -> float:
-    """No-op jobs per second drained by one 1x8 worker, from 5% to 100% done."""
+def drain_rate(
+    system: System,
+    url: str,
+    *,
+    jobs: int,
+    processes: int = 1,
+    threads: int = 8,
+    job_ms: int | None = None,
+) -> float:
+    """Jobs per second drained by a P x T worker, from 5% to 100% done (boot excluded).
+
+    No-op jobs, or with ``job_ms`` jobs that sleep that long (latency-bound).
+    """
     filler, bench = system.sender(url, confirm=False)
     filler.flush_all()
-    fill(bench.noop, jobs)
-    with scratch() as work, running_workers(system, url, work / "completions"):
+    if job_ms is None:
+        fill(bench.noop, jobs)
+    else:
+        fill(bench.work, jobs, job_ms)
+    with (
+        scratch() as work,
+        running_workers(system, url, work / "completions", processes=processes, threads=threads),
+    ):
         completions = work / "completions"
         start_mark = max(jobs // 20, 1)
         wait_for(lambda: completed(completions) >= start_mark, 120, "the first jobs")
         started, done_at_start = time.monotonic(), completed(completions)
-        wait_for(lambda: completed(completions) >= jobs, 600, f"{jobs} no-op jobs", 0.001)
+        wait_for(lambda: completed(completions) >= jobs, 600, f"{jobs} jobs", 0.001)
         elapsed = time.monotonic() - started
     filler.flush_all()
     filler.close()
     return (jobs - done_at_start) / elapsed
 
 
-def interleaved_throughput(
-    a: System, b: System, url: str, *, repeat: int, jobs: int, say: Callable[[str], None]
-) -> dict[str, list[float]]:
-    """No-op throughput of ``a`` and ``b``, in A/B then B/A order so drift hits both.
+def noop_throughput(system: System, url: str, *, jobs: int) -> float:
+    """No-op jobs per second drained by one 1x8 worker."""
+    return drain_rate(system, url, jobs=jobs)
 
-    Returns ``{"a": [...], "b": [...], "ratios": [a/b pair by pair]}``.
+
+def interleaved_throughput(
+    a: System,
+    b: System,
+    url: str,
+    *,
+    repeat: int,
+    jobs: int,
+    say: Callable[[str], None],
+    **drain: Any,
+) -> dict[str, list[float]]:
+    """Drain rates of ``a`` and ``b``, in A/B then B/A order so drift hits both.
+
+    ``drain`` goes to :func:`drain_rate` (processes, threads, job_ms). Returns
+    ``{"a": [...], "b": [...], "ratios": [a/b pair by pair]}``.
     """
     rates: dict[str, list[float]] = {"a": [], "b": []}
     pairs = [("a", a), ("b", b)]
     for run in range(repeat):
         for label, system in pairs if run % 2 == 0 else pairs[::-1]:
-            say(f"  no-op throughput, run {run + 1}: {system.name}")
-            rates[label].append(noop_throughput(system, url, jobs=jobs))
+            say(f"  drain rate, run {run + 1}: {system.name}")
+            rates[label].append(drain_rate(system, url, jobs=jobs, **drain))
     return {**rates, "ratios": [x / y for x, y in zip(rates["a"], rates["b"], strict=True)]}
 
 

@@ -27,11 +27,20 @@ def _record_completion() -> None:
     os.write(_completions_fd, b".")
 
 
+def record_completion() -> None:
+    """For peers' jobs (Celery, RQ): the same completion count as Dramatiq's."""
+    _record_completion()
+
+
 @dataclass(frozen=True)
 class BenchActors:
     noop: Actor
     backlog: Actor
     probe: Actor
+    #: Sleeps ``ms`` then counts as completed (latency-bound work).
+    work: Actor
+    #: Appends ``sent_at finished_at`` to ``path`` (end-to-end latency).
+    timed: Actor
     #: jobkit only: an actor limited to 5 jobs a second.
     limited: Actor | None = None
 
@@ -69,7 +78,22 @@ def declare(broker: Broker, *, jobkit: bool) -> BenchActors:
     def bench_limited() -> None:
         _record_completion()
 
+    def bench_work(ms: int) -> None:
+        time.sleep(ms / 1000)
+        _record_completion()
+
+    def bench_timed(sent_at: float, path: str) -> None:
+        finished_at = time.time()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, f"{sent_at!r} {finished_at!r}\n".encode())
+        finally:
+            os.close(fd)
+
+    normal = "normal" if jobkit else 0
     return BenchActors(
+        work=make(bench_work, normal),
+        timed=make(bench_timed, normal),
         noop=make(bench_noop, 0 if not jobkit else "normal"),
         backlog=make(bench_backlog, low),
         probe=make(bench_probe, urgent),

@@ -13,6 +13,18 @@ import threading
 from typing import Any
 
 from dramatiq import Message
+from dramatiq.broker import MessageProxy
+
+
+def unwrap(message: Message | MessageProxy) -> Message:
+    """The Message inside a worker's MessageProxy.
+
+    Every attribute read on a proxy is a Python-level ``__getattr__`` call; the
+    hooks that run for every job read the message a dozen times, so they read
+    the wrapped message instead.
+    """
+    inner = message.__dict__.get("_message") if isinstance(message, MessageProxy) else None
+    return inner if inner is not None else message
 
 
 class CurrentDelivery:

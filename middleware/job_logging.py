@@ -36,7 +36,7 @@ from brokers.errors import BrokerConfigError
 
 from . import outcomes
 from .dead_letters import dead_letter_of
-from .deliveries import CurrentDelivery, queue_latency_ms
+from .deliveries import CurrentDelivery, queue_latency_ms, unwrap
 from .redaction import Redactor, escape_control
 
 FORMAT_ENV = "JOBKIT_LOG_FORMAT"
@@ -376,6 +376,7 @@ class JobLogging(Middleware):
             self.log.info("job.enqueued", **fields, delay_ms=delay)
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
+        message = unwrap(message)
         fields = self._fields(message)
         bind_contextvars(
             message_id=fields["message_id"],
@@ -398,6 +399,7 @@ class JobLogging(Middleware):
         self, broker: Broker, message: Message, *, result: Any = None, exception: Any = None
     ) -> None:
         # Retries has already counted this attempt in options["retries"]: use the start's fields.
+        message = unwrap(message)
         delivery = self._delivery.get(message) or {"fields": self._fields(message)}
         fields, started = delivery["fields"], delivery.get("started")
         duration = round((time.monotonic() - started) * 1000, 2) if started else None
@@ -421,6 +423,7 @@ class JobLogging(Middleware):
         clear_contextvars()
 
     def after_ack(self, broker: Broker, message: Message) -> None:
+        message = unwrap(message)
         self._delivery.end(message)
         outcomes.pop(message.message_id)
 

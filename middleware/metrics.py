@@ -29,7 +29,7 @@ from dramatiq import Broker, Message, Middleware, Worker
 from brokers.processes import pid_alive
 
 from . import outcomes
-from .deliveries import CurrentDelivery, queue_latency_ms
+from .deliveries import CurrentDelivery, queue_latency_ms, unwrap
 
 ENABLED_ENV = "JOBKIT_METRICS"
 HOST_ENV = "JOBKIT_METRICS_HOST"
@@ -127,6 +127,7 @@ class Metrics(Middleware):
     def before_process_message(self, broker: Broker, message: Message) -> None:
         if not self._m:
             return
+        message = unwrap(message)
         labels = (message.actor_name, message.queue_name)
         latency_ms = queue_latency_ms(message, int(time.time() * 1000))
         self._child("latency", *labels).observe(latency_ms / 1000)
@@ -138,6 +139,7 @@ class Metrics(Middleware):
     ) -> None:
         if not self._m:
             return
+        message = unwrap(message)
         delivery = self._delivery.get(message)
         started = delivery.pop("started", None) if delivery else None
         labels = (message.actor_name, message.queue_name)
@@ -170,7 +172,7 @@ class Metrics(Middleware):
             self._m["retried"].labels(message.actor_name, message.queue_name).inc()
 
     def after_ack(self, broker: Broker, message: Message) -> None:
-        self._delivery.end(message)
+        self._delivery.end(unwrap(message))
 
     def after_nack(self, broker: Broker, message: Message) -> None:
         self._delivery.end(message)

@@ -27,6 +27,8 @@ from dramatiq.middleware import MiddlewareError
 
 from brokers.errors import BrokerConfigError
 
+from .deliveries import unwrap
+
 #: Levels, most urgent first.
 LEVELS: tuple[str, ...] = ("critical", "high", "normal", "low")
 DEFAULT_LEVEL = "normal"
@@ -191,7 +193,7 @@ class LevelOrderedWorkQueue(PriorityQueue):  # type: ignore[type-arg]
             return item
 
     def _put(self, item: Any) -> None:
-        message = item.message
+        message = unwrap(item.message)
         actor = self.broker.actors.get(message.actor_name)
         tie = actor.priority if actor is not None and isinstance(actor.priority, int) else 0
         if self.strict:

@@ -21,7 +21,7 @@ from dramatiq import Broker, Message, Middleware
 from dramatiq.errors import Retry
 
 from . import outcomes
-from .deliveries import CurrentDelivery
+from .deliveries import CurrentDelivery, unwrap
 from .redaction import Redactor
 
 DSN_ENV = "SENTRY_DSN"
@@ -112,7 +112,7 @@ class SentryAlerts(Middleware):
             self._capture(broker, message, *failure, reason="retry_scheduled")
 
     def after_ack(self, broker: Broker, message: Message) -> None:
-        self._delivery.end(message)
+        self._delivery.end(unwrap(message))
 
     def after_nack(self, broker: Broker, message: Message) -> None:
         delivery = self._delivery.end(message)

@@ -26,6 +26,7 @@ COMMANDS = [
     ["dead-letters", "show"],
     ["dead-letters", "replay"],
     ["dead-letters", "purge"],
+    ["bench"],
     ["embedded"],
     ["embedded", "status"],
     ["embedded", "stop"],
@@ -49,6 +50,7 @@ def test_help_covers_every_subcommand_registered() -> None:
         "stats",
         "send",
         "dead-letters",
+        "bench",
         "embedded",
     }
 

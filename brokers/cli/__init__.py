@@ -11,9 +11,9 @@ import redis
 
 from ..errors import JobkitError
 from ..urls import BROKER_URL_ENV, HOME_ENV
-from . import dead_letters, demo, embedded, queues, send, stats, worker
+from . import bench, dead_letters, demo, embedded, queues, send, stats, worker
 
-COMMANDS = (demo, worker, queues, stats, send, dead_letters, embedded)
+COMMANDS = (demo, worker, queues, stats, send, dead_letters, bench, embedded)
 
 EPILOG = f"""\
 environment:
@@ -44,7 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # `jobkit worker` passes options it does not know on to dramatiq.
     args, unknown = parser.parse_known_args(argv)
-    if unknown and args.command != "worker":
+    if unknown and args.command == "bench":
+        args.suite_args = [*unknown, *args.suite_args]
+    elif unknown and args.command != "worker":
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "worker":
         args.dramatiq_args = [*unknown, *args.dramatiq_args]
