@@ -10,7 +10,17 @@ from brokers import setup_broker
 
 broker = setup_broker()
 
-from actors import basics, demo  # noqa: E402 - the broker must exist first
+from actors import basics, demo, webhooks  # noqa: E402 - the broker must exist first
 from actors.basics import ping, sleep_ms  # noqa: E402
+from actors.webhooks import deliver_webhook, send_webhook  # noqa: E402
 
-__all__ = ["basics", "broker", "demo", "ping", "sleep_ms"]
+__all__ = [
+    "basics",
+    "broker",
+    "deliver_webhook",
+    "demo",
+    "ping",
+    "send_webhook",
+    "sleep_ms",
+    "webhooks",
+]

@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from middleware.redaction import REDACTED, Redactor
+from middleware.redaction import Redactor
 
 from ..dead_letters import DeadLetterError, DeadLetterStore, Filters, parse_duration_ms
 from .output import print_json, print_table, stderr, stdout
@@ -194,16 +194,13 @@ def run_show(args: argparse.Namespace) -> int:
     field("error", _error_text(record, width=2000))
     if record.get("message"):
         message = record["message"]
-        # Secret-named arguments are masked here as in logs; --json prints the record as kept.
+        # Secret-named arguments (also inside dicts) are masked as in logs, long values cut;
+        # --json prints the record as kept.
         redactor = Redactor.from_env()
-        kwargs = {
-            name: REDACTED if redactor.is_secret(name) else value
-            for name, value in message["kwargs"].items()
-        }
         field(
             "message",
-            f"{message['actor_name']} args={message['args']!r} kwargs={kwargs!r} "
-            f"options={message['options']!r}",
+            f"{message['actor_name']} args={redactor.value(message['args'])!r} "
+            f"kwargs={redactor.value(message['kwargs'])!r} options={message['options']!r}",
         )
     if record.get("raw") is not None:
         field(f"raw ({record.get('raw_encoding')})", record["raw"])
