@@ -10,16 +10,19 @@ from brokers import setup_broker
 
 broker = setup_broker()
 
-from actors import basics, demo, webhooks  # noqa: E402 - the broker must exist first
+from actors import basics, demo, reports, webhooks  # noqa: E402 - the broker must exist first
 from actors.basics import ping, sleep_ms  # noqa: E402
+from actors.reports import build_report  # noqa: E402
 from actors.webhooks import deliver_webhook, send_webhook  # noqa: E402
 
 __all__ = [
     "basics",
     "broker",
+    "build_report",
     "deliver_webhook",
     "demo",
     "ping",
+    "reports",
     "send_webhook",
     "sleep_ms",
     "webhooks",
