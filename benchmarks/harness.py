@@ -6,6 +6,7 @@ import contextlib
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -267,15 +268,48 @@ def drain_rate(
         scratch() as work,
         running_workers(system, url, work / "completions", processes=processes, threads=threads),
     ):
-        completions = work / "completions"
-        start_mark = max(jobs // 20, 1)
-        wait_for(lambda: completed(completions) >= start_mark, 120, "the first jobs")
-        started, done_at_start = time.monotonic(), completed(completions)
-        wait_for(lambda: completed(completions) >= jobs, 600, f"{jobs} jobs", 0.001)
-        elapsed = time.monotonic() - started
+        rate = drain_window(work / "completions", jobs)
     filler.flush_all()
     filler.close()
-    return (jobs - done_at_start) / elapsed
+    return rate
+
+
+def drain_window(completions: Path, jobs: int) -> float:
+    """Jobs per second while ``completions`` goes from 5% to all ``jobs`` (boot excluded)."""
+    start_mark = max(jobs // 20, 1)
+    wait_for(lambda: completed(completions) >= start_mark, 120, "the first jobs")
+    started, done_at_start = time.monotonic(), completed(completions)
+    wait_for(lambda: completed(completions) >= jobs, 600, f"{jobs} jobs", 0.001)
+    return (jobs - done_at_start) / (time.monotonic() - started)
+
+
+def interleaved(
+    a: System,
+    b: System,
+    measure: Callable[[System], float],
+    *,
+    repeat: int,
+    on_run: Callable[[int, System], None],
+) -> dict[str, list[float]]:
+    """``measure`` of ``a`` and ``b``, A/B then B/A so drift hits both.
+
+    Returns ``{"a": [...], "b": [...], "ratios": [a/b pair by pair]}``.
+    """
+    samples: dict[str, list[float]] = {"a": [], "b": []}
+    pairs = [("a", a), ("b", b)]
+    for run in range(repeat):
+        for label, system in pairs if run % 2 == 0 else pairs[::-1]:
+            on_run(run, system)
+            samples[label].append(measure(system))
+    ratios = [x / y for x, y in zip(samples["a"], samples["b"], strict=True)]
+    return {**samples, "ratios": ratios}
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a metrics exporter)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def noop_throughput(system: System, url: str, *, jobs: int) -> float:
@@ -293,18 +327,14 @@ def interleaved_throughput(
     say: Callable[[str], None],
     **drain: Any,
 ) -> dict[str, list[float]]:
-    """Drain rates of ``a`` and ``b``, in A/B then B/A order so drift hits both.
-
-    ``drain`` goes to :func:`drain_rate` (processes, threads, job_ms). Returns
-    ``{"a": [...], "b": [...], "ratios": [a/b pair by pair]}``.
-    """
-    rates: dict[str, list[float]] = {"a": [], "b": []}
-    pairs = [("a", a), ("b", b)]
-    for run in range(repeat):
-        for label, system in pairs if run % 2 == 0 else pairs[::-1]:
-            say(f"  drain rate, run {run + 1}: {system.name}")
-            rates[label].append(drain_rate(system, url, jobs=jobs, **drain))
-    return {**rates, "ratios": [x / y for x, y in zip(rates["a"], rates["b"], strict=True)]}
+    """Drain rates of ``a`` and ``b``, interleaved; ``drain`` goes to :func:`drain_rate`."""
+    return interleaved(
+        a,
+        b,
+        lambda system: drain_rate(system, url, jobs=jobs, **drain),
+        repeat=repeat,
+        on_run=lambda run, system: say(f"  drain rate, run {run + 1}: {system.name}"),
+    )
 
 
 def per_broker(

@@ -11,7 +11,6 @@ the same stack without both. Ratios pair by pair.
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import sys
 from collections.abc import Sequence
@@ -24,18 +23,13 @@ from benchmarks.harness import (
     JOBKIT,
     System,
     add_common_arguments,
+    free_port,
     interleaved_throughput,
     per_broker,
     run_benchmark,
 )
 
 console = Console(stderr=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def systems() -> tuple[System, System]:
@@ -47,7 +41,7 @@ def systems() -> tuple[System, System]:
         (
             ("JOBKIT_LOG_FORMAT", "json"),
             ("JOBKIT_METRICS", "on"),
-            ("JOBKIT_METRICS_PORT", str(_free_port())),
+            ("JOBKIT_METRICS_PORT", str(free_port())),
         ),
     )
     off = System("logs+metrics off", JOBKIT.app, JOBKIT.queue, JOBKIT.without, JOBKIT.env)

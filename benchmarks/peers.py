@@ -10,10 +10,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-import time
 from pathlib import Path
 
-from benchmarks.harness import REPO, completed, scratch, wait_for
+from benchmarks.harness import REPO, drain_window, scratch
 from benchmarks.workload import COMPLETIONS_ENV
 from brokers.processes import start_process_group, stop_process_group
 
@@ -36,11 +35,7 @@ def _measure(command: list[str], env: dict[str, str], completions: Path, jobs: i
     log = completions.parent / "worker.log"
     workers = start_process_group(command, env=env, log=log, cwd=REPO)
     try:
-        start_mark = max(jobs // 20, 1)
-        wait_for(lambda: completed(completions) >= start_mark, 120, "the first peer jobs")
-        started, done_at_start = time.monotonic(), completed(completions)
-        wait_for(lambda: completed(completions) >= jobs, 600, f"{jobs} peer jobs", 0.001)
-        return (jobs - done_at_start) / (time.monotonic() - started)
+        return drain_window(completions, jobs)
     except TimeoutError as error:
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
         raise TimeoutError(f"{error}; worker output ended with:\n{tail}") from None

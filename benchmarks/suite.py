@@ -24,7 +24,6 @@ drain is warm-up. Each measurement repeats ``--repeat`` times.
 from __future__ import annotations
 
 import os
-import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -38,6 +37,8 @@ from benchmarks.harness import (
     PLAIN,
     System,
     drain_rate,
+    free_port,
+    interleaved,
     running_workers,
     scratch,
     wait_for,
@@ -51,12 +52,6 @@ SCENARIOS = ("enqueue", "drain", "latency_bound", "e2e_latency", "priority", "pe
 DRAIN_SHAPES = ((1, 1), (1, 8), (2, 8))
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def full_stack() -> System:
     """jobkit as shipped: every middleware, JSON job logs at INFO, metrics with their exporter."""
     return System(
@@ -67,7 +62,7 @@ def full_stack() -> System:
         (
             ("JOBKIT_LOG_FORMAT", "json"),
             ("JOBKIT_METRICS", "on"),
-            ("JOBKIT_METRICS_PORT", str(_free_port())),
+            ("JOBKIT_METRICS_PORT", str(free_port())),
         ),
     )
 
@@ -139,14 +134,15 @@ class Runner:
     # -- drains ------------------------------------------------------------------
 
     def ab(self, label: str, a: System, b: System, measure: Callable[[System], float]) -> dict:
-        """``a`` and ``b`` measured ``repeat`` times, A/B then B/A; ratios a/b pair by pair."""
-        samples: dict[str, list[float]] = {a.name: [], b.name: []}
-        for run in range(self.settings.repeat):
-            for system in (a, b) if run % 2 == 0 else (b, a):
-                self.step(f"{label}: {system.name}")
-                samples[system.name].append(measure(system))
-        ratios = [x / y for x, y in zip(samples[a.name], samples[b.name], strict=True)]
-        return {**samples, "ratios": ratios}
+        """``a`` and ``b`` measured ``repeat`` times, interleaved; ratios a/b pair by pair."""
+        pair = interleaved(
+            a,
+            b,
+            measure,
+            repeat=self.settings.repeat,
+            on_run=lambda run, system: self.step(f"{label}: {system.name}"),
+        )
+        return {a.name: pair["a"], b.name: pair["b"], "ratios": pair["ratios"]}
 
     def drain(self, url: str) -> dict[str, Any]:
         jobkit = full_stack()

@@ -27,6 +27,15 @@ def _record_completion() -> None:
     os.write(_completions_fd, b".")
 
 
+def _append_line(path: str, line: str) -> None:
+    """One whole line appended in one write (workers append concurrently)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{line}\n".encode())
+    finally:
+        os.close(fd)
+
+
 def record_completion() -> None:
     """For peers' jobs (Celery, RQ): the same completion count as Dramatiq's."""
     _record_completion()
@@ -61,12 +70,7 @@ def declare(broker: Broker, *, jobkit: bool) -> BenchActors:
         time.sleep(ms / 1000)
 
     def bench_probe(trial: int, sent_at: float, path: str) -> None:
-        started_at = time.time()
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, f"{trial} {sent_at!r} {started_at!r}\n".encode())
-        finally:
-            os.close(fd)
+        _append_line(path, f"{trial} {sent_at!r} {time.time()!r}")
 
     queue = QUEUE if jobkit else PLAIN_QUEUE
 
@@ -83,12 +87,7 @@ def declare(broker: Broker, *, jobkit: bool) -> BenchActors:
         _record_completion()
 
     def bench_timed(sent_at: float, path: str) -> None:
-        finished_at = time.time()
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, f"{sent_at!r} {finished_at!r}\n".encode())
-        finally:
-            os.close(fd)
+        _append_line(path, f"{sent_at!r} {time.time()!r}")
 
     normal = "normal" if jobkit else 0
     return BenchActors(

@@ -150,12 +150,15 @@ def queue_depths(broker: Broker, queues: set[str] | None = None) -> list[QueueDe
     Covers the queues declared on ``broker`` plus ``queues``; on Redis also
     every queue found in the broker's namespace.
     """
-    from .dead_letters import dead_letter_store, has_store
+    from .dead_letters import DeadLetterError, dead_letter_store
     from .rabbitmq import rabbitmq_queue_depths
     from .redis import redis_queue_depths
 
     names = set(broker.get_declared_queues()) | set(queues or ())
-    dead = dead_letter_store(broker).counts_by_queue() if has_store(broker) else {}
+    try:
+        dead = dead_letter_store(broker).counts_by_queue()
+    except DeadLetterError:  # no store (RabbitMQ without JOBKIT_STATE_URL): .XQ counts only
+        dead = {}
     names |= set(dead)
     if isinstance(broker, RedisBroker):
         depths = redis_queue_depths(broker, names)

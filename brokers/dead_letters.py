@@ -366,14 +366,13 @@ class DeadLetterStore:
 
 
 def replay_message(fields: dict[str, Any], dead_letter_id: str) -> Message:
-    """A new message for a kept one: fresh id and timestamp, no delivery state."""
-    options = {k: v for k, v in fields.get("options", {}).items() if k not in DELIVERY_OPTIONS}
+    """A new message for a kept one (``message_as_sent``): fresh id and timestamp."""
     return Message(
-        queue_name=q_name(fields["queue_name"]),
+        queue_name=fields["queue_name"],
         actor_name=fields["actor_name"],
-        args=tuple(fields.get("args", ())),
-        kwargs=dict(fields.get("kwargs", {})),
-        options={**options, "replayed_from": dead_letter_id},
+        args=tuple(fields["args"]),
+        kwargs=dict(fields["kwargs"]),
+        options={**fields["options"], "replayed_from": dead_letter_id},
     )
 
 

@@ -30,6 +30,8 @@ def peek(message_id: str) -> str | None:
 
 
 def pop(message_id: str) -> str | None:
+    if message_id not in _notes:  # every ack comes here; most messages have no note
+        return None
     with _lock:
         return _notes.pop(message_id, None)
 
