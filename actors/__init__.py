@@ -10,8 +10,19 @@ from brokers import setup_broker
 
 broker = setup_broker()
 
-from actors import basics, demo, reports, webhooks  # noqa: E402 - the broker must exist first
+from actors import (  # noqa: E402 - the broker must exist first
+    basics,
+    demo,
+    emails,
+    images,
+    periodic,
+    reports,
+    webhooks,
+)
 from actors.basics import ping, sleep_ms  # noqa: E402
+from actors.emails import deliver_email, send_email  # noqa: E402
+from actors.images import make_thumbnail, resize_image  # noqa: E402
+from actors.periodic import daily_summary, purge_old_dead_letters, snapshot_queue_depths  # noqa: E402
 from actors.reports import build_report  # noqa: E402
 from actors.webhooks import deliver_webhook, send_webhook  # noqa: E402
 
@@ -19,11 +30,21 @@ __all__ = [
     "basics",
     "broker",
     "build_report",
+    "daily_summary",
+    "deliver_email",
     "deliver_webhook",
     "demo",
+    "emails",
+    "images",
+    "make_thumbnail",
+    "periodic",
     "ping",
+    "purge_old_dead_letters",
     "reports",
+    "resize_image",
+    "send_email",
     "send_webhook",
     "sleep_ms",
+    "snapshot_queue_depths",
     "webhooks",
 ]

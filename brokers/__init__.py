@@ -89,15 +89,13 @@ def build_broker(url: str | None = None, *, spec: BrokerSpec | None = None) -> B
 
 
 def use_state(broker: Broker) -> None:
-    """Give rate limits and dead letters the broker's state Redis (see ``brokers.state``)."""
-    from middleware.rate_limits import RateLimits
-
+    """Give rate limits, tick locks and dead letters the state Redis (``brokers.state``)."""
     from .dead_letters import use_dead_letter_store
     from .state import state_client
 
     client, reason = state_client(broker)
     for middleware in broker.middleware:
-        if isinstance(middleware, RateLimits):
+        if hasattr(middleware, "use_store"):  # RateLimits, PeriodicTicks
             middleware.use_store(client, reason)
     use_dead_letter_store(broker, client, reason)
 

@@ -15,6 +15,7 @@ from .dead_letters import DeadLetters
 from .job_logging import JobLogging
 from .load_throttle import LoadThrottle
 from .metrics import Metrics
+from .periodic import PeriodicTicks, periodiq_middleware
 from .priorities import Priorities, PriorityConfig
 from .rate_limits import RateLimits
 from .sentry import SentryAlerts
@@ -25,7 +26,9 @@ def build_stack(priority_config: PriorityConfig | None = None) -> list[Middlewar
 
     ``Priorities`` comes first so every later ``before_enqueue`` sees the
     message's validated level; then Dramatiq's defaults (AgeLimit, TimeLimit,
-    ShutdownNotifications, Callbacks, Pipelines, Retries); then ``RateLimits``,
+    ShutdownNotifications, Callbacks, Pipelines, Retries); then periodiq's
+    middleware and ``PeriodicTicks``, so a stale or duplicate tick is skipped
+    before anything else looks at it; then ``RateLimits``,
     so a job too old for AgeLimit is dead-lettered rather than deferred; then
     ``JobLogging``, so ``job.started`` is logged only for a job that will run
     (and, hooks after running in reverse, ``job.failed`` before Retries
@@ -38,6 +41,8 @@ def build_stack(priority_config: PriorityConfig | None = None) -> list[Middlewar
     return [
         Priorities(priority_config),
         *(middleware_class() for middleware_class in default_middleware),
+        periodiq_middleware(),
+        PeriodicTicks(),
         RateLimits(),
         DeadLetters(),
         JobLogging(),

@@ -13,6 +13,11 @@ Actor options::
 - ``rate_limit_max_wait``: ms a job may be deferred in all before it is
   dead-lettered instead (default 1 hour); also a per-message option.
 
+Limit state lives in Redis (``brokers.state``). Where there is none (RabbitMQ
+without ``JOBKIT_STATE_URL``), a limited actor still declares, but sending it
+raises ``RateLimitConfigError``, a worker logs an ERROR at boot, and a job of it
+that arrives anyway is dead-lettered (``limits_unavailable``), never run unlimited.
+
 A job over its limit is not run and counts neither as a failure nor as a
 retry: it is re-enqueued with a delay (a rate-limited job reserves its slot
 and comes back when the slot is due; a concurrency-limited one waits about a
@@ -58,6 +63,8 @@ _PERIOD_MS = {"s": 1000, "m": 60_000, "h": 3_600_000}
 DEFERRALS = "rate_limit_deferrals"
 SINCE = "rate_limited_since"
 SLOT = "rate_limit_slot"
+#: Dead-letter reason of a limited job run where no limit store is configured.
+LIMITS_UNAVAILABLE = "limits_unavailable"
 
 
 class RateLimitConfigError(JobkitError, MiddlewareError, ValueError):
@@ -71,6 +78,12 @@ class RateLimitWaitExceeded(JobkitError, SkipMessage):
     """
 
     reason = "rate_limited"
+
+
+class RateLimitsUnavailable(JobkitError, SkipMessage):
+    """A limited actor's job reached a worker that has no store for limit state."""
+
+    reason = LIMITS_UNAVAILABLE
 
 
 def parse_rate(text: Any) -> float:
@@ -190,6 +203,8 @@ class RateLimits(Middleware):
         self.store: RedisLimitStore | None = None
         self.no_store_reason = "no Redis is configured for rate-limit state"
         self._limits: dict[str, ActorLimits | None] = {}
+        #: Limited actors declared while no store was configured.
+        self._without_store: set[str] = set()
         #: lease id -> (concurrency key, lease id, start): every lease this process holds.
         self._leases: dict[str, tuple[str, str, float]] = {}
         self._delivery = CurrentDelivery()
@@ -211,22 +226,32 @@ class RateLimits(Middleware):
     def use_store(self, client: redis.Redis | None, no_store_reason: str = "") -> None:
         """Where limit state lives (set by ``brokers.build_broker``); ``None`` forbids limits."""
         self.store = RedisLimitStore(client) if client is not None else None
+        if self.store is not None:
+            self._without_store.clear()
         if no_store_reason:
             self.no_store_reason = no_store_reason
 
     def before_declare_actor(self, broker: Broker, actor: Any) -> None:
         limits = limits_of(actor)
-        if limits is not None and self.store is None:
-            raise RateLimitConfigError(
-                f"actor {actor.actor_name!r} declares limits but {self.no_store_reason}"
-            )
         self._limits[actor.actor_name] = limits
+        # Declaring still works without a store, so one limited actor does not stop a
+        # whole package of actors from loading; sending or running it fails instead.
+        if limits is not None and self.store is None:
+            self._without_store.add(actor.actor_name)
+
+    def before_enqueue(self, broker: Broker, message: Message, delay: int) -> None:
+        if message.actor_name in self._without_store:
+            raise RateLimitConfigError(self._unavailable(message.actor_name))
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
         limits = self._limits.get(message.actor_name)
         if limits is None:
             return
-        assert self.store is not None
+        if self.store is None:
+            # Sent by a process that had a store: keep the job, as a dead letter to replay.
+            outcomes.note(message.message_id, LIMITS_UNAVAILABLE)
+            message.fail()
+            raise RateLimitsUnavailable(self._unavailable(message.actor_name))
         options = message.options
         key = limits.key(message)
         lease_id = f"{message.message_id}:{uuid.uuid4().hex[:12]}"
@@ -291,7 +316,17 @@ class RateLimits(Middleware):
     def after_skip_message(self, broker: Broker, message: Message) -> None:
         self._release(message)
 
+    def _unavailable(self, actor_name: str) -> str:
+        return f"actor {actor_name!r} declares limits but {self.no_store_reason}"
+
     def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        if self._without_store:
+            logger.error(
+                "rate_limits.unavailable",
+                actors=sorted(self._without_store),
+                why=self.no_store_reason,
+                jobs_dead_lettered_as=LIMITS_UNAVAILABLE,
+            )
         if self.store is not None and any(
             limits and limits.concurrency for limits in self._limits.values()
         ):

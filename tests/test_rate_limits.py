@@ -80,23 +80,40 @@ def test_limits_are_read_from_actor_options() -> None:
     assert limits.key(message) == "jobkit:limits:job:example.com"
 
 
-def test_rabbitmq_without_a_limit_store_refuses_limited_actors_at_start_up(
+def test_rabbitmq_without_a_limit_store_refuses_to_send_limited_jobs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("JOBKIT_STATE_URL", raising=False)
     monkeypatch.delenv("JOBKIT_RATE_LIMIT_URL", raising=False)
     broker = build_broker(RABBITMQ_URL)
-    with pytest.raises(RateLimitConfigError, match="set JOBKIT_STATE_URL to a Redis URL"):
-        dramatiq.actor(lambda: None, actor_name="limited_job", broker=broker, rate_limit="1/s")
-    # Unlimited actors are fine without a store.
-    dramatiq.actor(lambda: None, actor_name="unlimited_job", broker=broker)
-    broker.close()
+    try:
+        # Declaring works, so a package with one limited actor still loads.
+        limited = dramatiq.actor(
+            lambda: None, actor_name="limited_job", broker=broker, rate_limit="1/s"
+        )
+        with pytest.raises(RateLimitConfigError, match="set JOBKIT_STATE_URL to a Redis URL"):
+            limited.send()
+        unlimited = dramatiq.actor(lambda: None, actor_name="unlimited_job", broker=broker)
+        unlimited.send()
+    finally:
+        broker.close()
 
 
-def test_stub_broker_has_no_limit_store() -> None:
+def test_a_limited_job_reaching_a_worker_without_a_store_is_dead_lettered_not_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     broker = StubBroker(middleware=build_stack())
+    runs: list[int] = []
+    limited = dramatiq.actor(runs.append, actor_name="limited_job", broker=broker, rate_limit="1/s")
     with pytest.raises(RateLimitConfigError, match="declares limits but"):
-        dramatiq.actor(lambda: None, actor_name="limited_job", broker=broker, rate_limit="1/s")
+        limited.send(1)
+    # As if sent by a process that had a store: straight onto the queue.
+    broker.queues[limited.queue_name].put(limited.message(1).encode())
+    with caplog.at_level(logging.ERROR), worker(broker, threads=1):
+        assert wait_until(lambda: broker.dead_letters, 10)
+    assert runs == []
+    assert "rate_limits.unavailable" in caplog.text and "limited_job" in caplog.text
+    assert "limits_unavailable" in caplog.text
 
 
 # ---------------------------------------------------------------- 20/s across processes

@@ -1,0 +1,116 @@
+"""Periodic jobs: sent by ``periodiq actors``, run by ``dramatiq actors`` workers.
+
+=========================  ===============  ==============================================
+actor                      schedule         what it does
+=========================  ===============  ==============================================
+``snapshot_queue_depths``  ``* * * * *``    logs ``queues.snapshot``: every queue's depth
+``purge_old_dead_letters`` ``17 * * * *``   removes dead letters older than the retention
+``daily_summary``          ``0 6 * * *``    writes ``daily-<date>.json``: the last 24 h of
+                                            dead letters by queue, actor and reason, and
+                                            the queue depths
+=========================  ===============  ==============================================
+
+Run the scheduler beside the workers: ``periodiq actors`` (one is enough; a
+second one is harmless, see ``middleware.periodic``). A schedule is changed
+with ``JOBKIT_CRON_<ACTOR>`` (``JOBKIT_CRON_DAILY_SUMMARY="30 5 * * *"``) or
+turned off with ``off``; the actor can still be sent by hand. Times are the
+scheduler's local time (periodiq's rule).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import structlog
+from periodiq import cron
+
+from brokers import queue_depths
+from brokers.dead_letters import Filters, dead_letter_store, has_store, iso_ms
+
+QUEUE = "periodic"
+REPORT_DIR_ENV = "JOBKIT_REPORT_DIR"
+DEFAULT_REPORT_DIR = ".jobkit/reports"
+
+logger = logging.getLogger("jobkit.periodic")
+events = structlog.get_logger("jobkit.periodic")
+
+
+def schedule(actor_name: str, default: str) -> dict[str, Any]:
+    """The ``periodic`` option for ``actor_name``: its cron line from the environment or default."""
+    line = os.environ.get(f"JOBKIT_CRON_{actor_name.upper()}", default).strip()
+    if line.lower() == "off":
+        return {}
+    return {"periodic": cron(line)}
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0, **schedule("snapshot_queue_depths", "* * * * *"))
+def snapshot_queue_depths() -> list[dict[str, Any]]:
+    """Log the depth of every queue, so logs keep a history of backlogs."""
+    depths = [depth.as_dict() for depth in queue_depths(dramatiq.get_broker())]
+    events.info("queues.snapshot", queues=depths)
+    return depths
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=3, **schedule("purge_old_dead_letters", "17 * * * *"))
+def purge_old_dead_letters() -> int:
+    """Remove dead letters older than ``JOBKIT_DEAD_LETTER_TTL`` (``0`` keeps them)."""
+    broker = dramatiq.get_broker()
+    if not has_store(broker):
+        logger.warning("dead-letter retention: this broker has no dead-letter store; nothing to do")
+        return 0
+    store = dead_letter_store(broker)
+    if store.ttl_ms <= 0:
+        return 0
+    cutoff = int(time.time() * 1000) - store.ttl_ms
+    removed = store.purge(filters=Filters(before_ms=cutoff))
+    logger.info(
+        "dead-letter retention: removed %d dead letters failed before %s", removed, iso_ms(cutoff)
+    )
+    return removed
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=3, **schedule("daily_summary", "0 6 * * *"))
+def daily_summary(output_dir: str | None = None) -> str:
+    """Write the last 24 h of dead letters and the queue depths to ``daily-<date>.json``."""
+    broker = dramatiq.get_broker()
+    now = datetime.now(UTC)
+    since_ms = int(now.timestamp() * 1000) - 86_400_000
+    by_queue: Counter[str] = Counter()
+    by_actor: Counter[str] = Counter()
+    by_reason: Counter[str] = Counter()
+    if has_store(broker):
+        for record in dead_letter_store(broker).iter(Filters(since_ms=since_ms)):
+            by_queue[record.get("queue", "?")] += 1
+            by_actor[record.get("actor", "?")] += 1
+            by_reason[record.get("reason", "?")] += 1
+    summary = {
+        "generated_at": now.isoformat(timespec="seconds"),
+        "since": iso_ms(since_ms),
+        "dead_letters": {
+            "total": sum(by_queue.values()),
+            "by_queue": dict(by_queue.most_common()),
+            "by_actor": dict(by_actor.most_common()),
+            "by_reason": dict(by_reason.most_common()),
+        },
+        "queues": [depth.as_dict() for depth in queue_depths(broker)],
+    }
+    directory = Path(output_dir or os.environ.get(REPORT_DIR_ENV) or DEFAULT_REPORT_DIR)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"daily-{now:%Y-%m-%d}.json"
+    partial = path.with_name(f".{path.name}.tmp")
+    partial.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+    logger.info(
+        "daily summary written to %s: %d dead letters in 24 h",
+        path,
+        summary["dead_letters"]["total"],
+    )
+    return str(path)
