@@ -17,6 +17,7 @@ from actors import (  # noqa: E402 - the broker must exist first
     images,
     periodic,
     reports,
+    scraping,
     webhooks,
 )
 from actors.basics import ping, sleep_ms  # noqa: E402
@@ -24,6 +25,7 @@ from actors.emails import deliver_email, send_email  # noqa: E402
 from actors.images import make_thumbnail, resize_image  # noqa: E402
 from actors.periodic import daily_summary, purge_old_dead_letters, snapshot_queue_depths  # noqa: E402
 from actors.reports import build_report  # noqa: E402
+from actors.scraping import scrape_page  # noqa: E402
 from actors.webhooks import deliver_webhook, send_webhook  # noqa: E402
 
 __all__ = [
@@ -42,6 +44,8 @@ __all__ = [
     "purge_old_dead_letters",
     "reports",
     "resize_image",
+    "scrape_page",
+    "scraping",
     "send_email",
     "send_webhook",
     "sleep_ms",

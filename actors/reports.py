@@ -22,6 +22,7 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Iterator
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,9 @@ def aggregate(
     path: Path, group_by: str, sum_fields: list[str]
 ) -> tuple[dict[str, dict[str, Any]], int]:
     """Per group: the row count and the total of each of ``sum_fields``; and the rows read."""
+    # Decimal, so money adds up exactly (0.1 + 0.2 is 0.3, not 0.30000000000000004).
     groups: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"count": 0, **{name: 0.0 for name in sum_fields}}
+        lambda: {"count": 0, **{name: Decimal(0) for name in sum_fields}}
     )
     rows = 0
     for line, row in read_rows(path):
@@ -78,17 +80,25 @@ def aggregate(
         totals["count"] += 1
         for name in sum_fields:
             try:
-                totals[name] += float(row[name])
+                value = Decimal(str(row[name]).strip())
             except KeyError:
                 raise ReportInputError(f"{path}:{line}: no {name!r} column") from None
-            except (TypeError, ValueError):
-                raise ReportInputError(
-                    f"{path}:{line}: {name}={row[name]!r} is not a number"
-                ) from None
+            except (InvalidOperation, ValueError):
+                value = Decimal("NaN")
+            if not value.is_finite() or isinstance(row[name], bool | None):
+                raise ReportInputError(f"{path}:{line}: {name}={row[name]!r} is not a number")
+            totals[name] += value
         rows += 1
         if rows % PROGRESS_EVERY == 0:
             logger.info("report progress: %d rows of %s read", rows, path.name)
+    for totals in groups.values():
+        for name in sum_fields:
+            totals[name] = _number(totals[name])
     return dict(groups), rows
+
+
+def _number(total: Decimal) -> int | float:
+    return int(total) if total == total.to_integral_value() else float(total)
 
 
 def _write_atomically(path: Path, text: str) -> None:

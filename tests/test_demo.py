@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from brokers import embedded
+from tests.conftest import env_for, url_for
 from tests.support.processes import (
     REPO,
     child_env,
@@ -34,41 +35,111 @@ def dramatiq_processes(marker: str) -> list[int]:
     return found
 
 
-def test_demo_processes_every_job_and_leaves_nothing_running(home: Path) -> None:
+ACTORS = {
+    "build_report",
+    "daily_summary",
+    "deliver_email",
+    "deliver_webhook",
+    "demo_job",
+    "make_thumbnail",
+    "resize_image",
+    "scrape_page",
+    "snapshot_queue_depths",
+}
+
+
+def run_demo(url: str, output: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return run_jobkit(
+        "demo", "--output", str(output), *args, env=child_env(url, **env), timeout=240
+    )
+
+
+def test_the_demo_runs_every_job_with_retries_deferrals_and_dead_letters(
+    home: Path, tmp_path: Path
+) -> None:
     url = f"embedded://{home}"
-    result = run_jobkit("demo", "--jobs", "200", "--json", env=child_env(url), timeout=240)
+    output = tmp_path / "demo"
+    result = run_demo(url, output, "--jobs", "200", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
-    assert summary["sent"] == 200
-    assert summary["processed"] == 200
-    assert summary["failed"] == 0
-    assert summary["jobs_per_s"] > 0
+    actors = summary["actors"]
+    assert set(actors) == ACTORS
+    for name, counts in actors.items():
+        assert counts["processed"] >= 1, name
+        assert counts["processed"] + counts["dead_lettered"] == counts["sent"], name
+        assert counts["dead_lettered"] == counts["meant_to_fail"], name
+    assert actors["demo_job"]["sent"] == 200
+    totals = summary["totals"]
+    assert totals["retried"] >= 1 and totals["deferred"] >= 1 and totals["dead_lettered"] >= 3
+    assert summary["surprises"] == []
+    # Every output is on disk.
+    assert len(list((output / "thumbs").glob("*.webp"))) == actors["make_thumbnail"]["processed"]
+    assert len(list((output / "cards").glob("*.jpg"))) == 2
+    assert len(list((output / "outbox").glob("*.eml"))) == actors["deliver_email"]["sent"]
+    assert len(list((output / "scraped").glob("*.json"))) == actors["scrape_page"]["processed"]
+    assert {p.name for p in (output / "reports").iterdir()} >= {
+        "orders-by-country.csv",
+        "orders-by-country.json",
+    }
+    assert len((output / "webhooks-received.jsonl").read_text().splitlines()) == 4
+    assert len((output / "load" / "done").read_text().split()) == 200
+    # Nothing left running: workers stopped, and the server the demo started.
     assert dramatiq_processes(url) == []
-    # The demo started the embedded server, so it stopped it too.
     assert valkey_servers_for(home) == []
 
 
-def test_demo_keeps_a_server_it_did_not_start(home: Path) -> None:
+@pytest.mark.parametrize("kind", ["redis", "rabbitmq"])
+def test_the_demo_runs_on_the_system_brokers(kind: str, tmp_path: Path) -> None:
+    result = run_demo(url_for(kind), tmp_path / "demo", "--jobs", "50", "--json", **env_for(kind))
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert set(summary["actors"]) == ACTORS and summary["surprises"] == []
+
+
+def test_demo_keeps_a_server_it_did_not_start(home: Path, tmp_path: Path) -> None:
     embedded.ensure_server(home)
-    result = run_jobkit(
-        "demo", "--jobs", "20", "--json", env=child_env(f"embedded://{home}"), timeout=240
-    )
+    result = run_demo(f"embedded://{home}", tmp_path / "demo", "--jobs", "20", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     assert embedded.status(home)["running"] is True
 
 
-def test_demo_table_output(home: Path) -> None:
-    result = run_jobkit("demo", "--jobs", "10", env=child_env(f"embedded://{home}"), timeout=240)
+def test_demo_table_output(home: Path, tmp_path: Path) -> None:
+    result = run_demo(f"embedded://{home}", tmp_path / "demo", "--jobs", "10")
     assert result.returncode == 0, result.stderr[-3000:]
-    for row in ("sent", "processed", "failed", "elapsed_s", "jobs_per_s"):
-        assert row in result.stdout
+    for text in ("processed", "retried", "deferred", "dead-lettered", "(1 on purpose)", "outbox"):
+        assert text in result.stdout
+    for actor in ACTORS:
+        assert actor in result.stdout
+
+
+def test_the_demo_does_not_clear_a_directory_it_did_not_make(home: Path, tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    result = run_demo(f"embedded://{home}", tmp_path, "--jobs", "1")
+    assert result.returncode == 1
+    assert "was not made by jobkit demo; choose another --output" in result.stderr
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_demo_stops_its_workers_on_sigterm_and_ctrl_c(home: Path, signum: int) -> None:
+def test_demo_stops_its_workers_on_sigterm_and_ctrl_c(
+    home: Path, tmp_path: Path, signum: int
+) -> None:
     url = f"embedded://{home}"
     demo = subprocess.Popen(
-        [*jobkit_command(), "demo", "--jobs", "5000", "--work-ms", "200", "-p", "1", "-t", "2"],
+        [
+            *jobkit_command(),
+            "demo",
+            "--jobs",
+            "5000",
+            "--work-ms",
+            "200",
+            "-p",
+            "1",
+            "-t",
+            "2",
+            "--output",
+            str(tmp_path / "demo"),
+        ],
         env=child_env(url),
         cwd=REPO,
         stdout=subprocess.PIPE,

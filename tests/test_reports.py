@@ -19,6 +19,13 @@ QUEUE = "jobkit-test"
 CSV = "country,amount\nFR,10\nDE,2.5\nFR,5\n"
 
 
+def test_money_adds_up_exactly(tmp_path: Path) -> None:
+    source = tmp_path / "cents.csv"
+    source.write_text("country,amount\n" + "FR,0.1\n" * 3 + "DE,0.2\nDE,0.1\n")
+    groups, _ = aggregate(source, "country", ["amount"])
+    assert groups["FR"]["amount"] == 0.3 and groups["DE"]["amount"] == 0.3
+
+
 def test_a_csv_is_totalled_and_counted_by_group(tmp_path: Path) -> None:
     source = tmp_path / "orders.csv"
     source.write_text(CSV)
@@ -88,7 +95,7 @@ def test_the_job_writes_csv_and_json_and_waits_for_a_late_source(
     assert output.with_suffix(".csv").read_text().splitlines() == [
         "country,count,amount",
         "DE,1,2.5",
-        "FR,2,15.0",
+        "FR,2,15",
     ]
     assert dead_letter_store(real_broker).count() == 0
 

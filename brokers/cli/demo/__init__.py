@@ -1,0 +1,316 @@
+"""``jobkit demo``: every shipped job end to end on the configured broker (embedded by default).
+
+The demo generates sample photos and orders, starts a local HTTP server (the
+site to scrape and the webhook receiver), starts ``dramatiq actors`` workers,
+sends the tour (:mod:`.tour`) from app code, shows live progress per actor
+from the workers' JSON job events, and prints what happened to every job and
+where the outputs are. Some jobs are meant to fail: they end in the
+dead-letter store, which ``jobkit dead-letters list`` shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ... import check_broker, embedded
+from ...errors import JobkitError
+from ...processes import start_process_group, stop_process_group
+from ...urls import BROKER_URL_ENV, spec_from_env
+from ..output import print_json, print_table, stderr, stdout
+from .local_site import LocalSite
+from .samples import make_samples
+from .tour import Outputs, send_tour
+from .tracker import Tracker
+
+DEFAULT_OUTPUT = ".jobkit/demo"
+#: Marks a directory as the demo's own, so a second run may clear it.
+MARKER = ".jobkit-demo"
+#: Limits low enough that the tour shows deferrals, high enough to stay quick.
+DEMO_SETTINGS = {
+    "JOBKIT_EMAIL_RATE_LIMIT": "4/s",
+    "JOBKIT_SCRAPE_RATE_LIMIT": "3/s",
+}
+
+
+class DemoError(JobkitError, RuntimeError):
+    """The demo could not complete (workers died, or jobs did not finish in time)."""
+
+
+def add_parser(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser(
+        "demo",
+        help="run every shipped job end to end on the configured broker (embedded by default)",
+        description="Generate sample photos and orders, start a local website and webhook "
+        "receiver, start `dramatiq actors` workers, send emails, thumbnails, a report, a "
+        "crawl, webhooks, periodic jobs and a bulk load of small jobs in a mix of priorities; "
+        "show live progress per actor and a summary (processed, retried, deferred by rate "
+        "limits, dead-lettered, where outputs were written). Some jobs fail on purpose and "
+        "end in the dead-letter store. Workers are stopped at the end, also on Ctrl-C.",
+    )
+    parser.add_argument(
+        "--jobs", "-n", type=_count, default=500,
+        help="small jobs in the bulk load, besides the tour (default: 500)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--processes", "-p", type=_positive, default=2, help="worker processes (default: 2)"
+    )
+    parser.add_argument(
+        "--threads", "-t", type=_positive, default=8, help="threads per worker process (default: 8)"
+    )
+    parser.add_argument(
+        "--work-ms", type=int, default=20, metavar="MS",
+        help="each small job sleeps a random 0..MS ms to stand in for I/O (default: 20)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--output", "-o", type=Path, default=Path(DEFAULT_OUTPUT), metavar="DIR",
+        help=f"where samples and outputs go; cleared first if an earlier demo made it "
+        f"(default: {DEFAULT_OUTPUT})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, metavar="S",
+        help="give up if jobs are still unfinished after S seconds (default: 120)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keep-broker", action="store_true",
+        help="leave the embedded server running if the demo started it (default: stop it)",
+    )  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(handler=run)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = spec_from_env()
+    started_broker = False
+    worker_env = dict(os.environ)
+    if spec.kind == "embedded":
+        assert spec.home is not None
+        started_broker = not embedded.is_running(embedded.EmbeddedPaths(spec.home))
+        embedded.ensure_server(spec.home)
+        # An absolute home, so workers find the same server whatever their cwd.
+        worker_env[BROKER_URL_ENV] = f"embedded://{spec.home}"
+
+    previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        out = Outputs(_fresh_directory(args.output))
+        summary = _run_tour(args, out, worker_env)
+        summary["broker"] = spec.display_url
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        if started_broker and not args.keep_broker and spec.home is not None:
+            embedded.stop(spec.home)
+
+    if args.json:
+        print_json(summary)
+    else:
+        _print_summary(summary)
+    if summary["surprises"]:
+        for line in summary["surprises"]:
+            stderr.print(f"jobkit demo: {line}")
+        return 1
+    return 0
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _fresh_directory(path: Path) -> Path:
+    path = path.resolve()
+    if path.exists():
+        if not (path / MARKER).exists():
+            if any(path.iterdir()):
+                raise DemoError(
+                    f"{path} exists and was not made by jobkit demo; choose another --output"
+                )
+        else:
+            shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARKER).touch()
+    return path
+
+
+def _run_tour(args: argparse.Namespace, out: Outputs, worker_env: dict[str, str]) -> dict[str, Any]:
+    # The workers and this process (which declares the actors) see the same settings.
+    settings = {
+        **DEMO_SETTINGS,
+        "JOBKIT_LOG_FORMAT": "json",
+        "JOBKIT_EMAIL_OUTBOX": str(out.outbox),
+        "JOBKIT_SCRAPE_DIR": str(out.scraped),
+        "JOBKIT_REPORT_DIR": str(out.reports),
+    }
+    os.environ.update(DEMO_SETTINGS)
+    worker_env.update(settings)
+    worker_env.pop("JOBKIT_SMTP_URL", None)  # the demo's emails go to the outbox, never out
+
+    import actors
+
+    check_broker(actors.broker)
+    samples = make_samples(out.root / "samples")
+    tracker = Tracker(out.root / "workers.log")
+    started = time.monotonic()
+    with (
+        LocalSite(out.webhooks) as site,
+        _workers(args, worker_env, tracker.log) as workers,
+        _progress() as progress,
+    ):
+        send_tour(tracker, samples, site, out, load_jobs=args.jobs, work_ms=args.work_ms)
+        tasks = {
+            actor: progress.add_task(actor, total=counts.sent, retried=0, deferred=0, dead=0)
+            for actor, counts in tracker.actors.items()
+        }
+        deadline = started + args.timeout
+        while True:
+            tracker.poll()
+            for actor, task in tasks.items():
+                counts = tracker.actors[actor]
+                progress.update(
+                    task,
+                    completed=counts.finished,
+                    retried=counts.retried,
+                    deferred=counts.deferred,
+                    dead=counts.dead_lettered,
+                )
+            if tracker.finished >= tracker.sent:
+                break
+            if workers.poll() is not None:
+                raise DemoError(
+                    f"the dramatiq workers exited with code {workers.returncode} after "
+                    f"{tracker.finished}/{tracker.sent} jobs; see {tracker.log}"
+                )
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"only {tracker.finished}/{tracker.sent} jobs finished within "
+                    f"{args.timeout:.0f} s; see `jobkit queues` and {tracker.log}"
+                )
+            time.sleep(0.1)
+        elapsed = time.monotonic() - started
+    outputs = out.of_actor()
+    return {
+        "elapsed_s": round(elapsed, 2),
+        "output_dir": str(out.root),
+        "workers_log": str(tracker.log),
+        "processes": args.processes,
+        "threads": args.threads,
+        "actors": {
+            actor: {
+                "sent": counts.sent,
+                "processed": counts.processed,
+                "retried": counts.retried,
+                "deferred": counts.deferred,
+                "dead_lettered": counts.dead_lettered,
+                "meant_to_fail": counts.meant_to_fail,
+                "output": _describe_output(outputs.get(actor)),
+            }
+            for actor, counts in tracker.actors.items()
+        },
+        "totals": {
+            key: sum(getattr(c, key) for c in tracker.actors.values())
+            for key in ("sent", "processed", "retried", "deferred", "dead_lettered")
+        },
+        "surprises": tracker.surprises(),
+    }
+
+
+def _describe_output(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    if path.is_file():
+        return {"path": str(path), "files": 1, "lines": len(path.read_text().splitlines())}
+    files = [p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    return {"path": str(path), "files": len(files)}
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    root = Path(summary["output_dir"])
+    rows = []
+    for actor, counts in sorted(summary["actors"].items()):
+        output = counts["output"]
+        where = "-"
+        if output is not None:
+            unit = f"{output['lines']} lines" if "lines" in output else f"{output['files']} files"
+            where = f"{os.path.relpath(output['path'], root)} ({unit})"
+        dead = str(counts["dead_lettered"])
+        if counts["meant_to_fail"]:
+            dead += f" ({counts['meant_to_fail']} on purpose)"
+        rows.append(
+            (
+                actor,
+                counts["sent"],
+                counts["processed"],
+                counts["retried"],
+                counts["deferred"],
+                dead,
+                where,
+            )
+        )
+    totals = summary["totals"]
+    rows.append(
+        ("total", totals["sent"], totals["processed"], totals["retried"], totals["deferred"],
+         totals["dead_lettered"], "")
+    )  # fmt: skip
+    print_table(
+        f"jobkit demo on {summary['broker']}: {summary['elapsed_s']} s",
+        ("actor", "sent", "processed", "retried", "deferred", "dead-lettered", "output"),
+        rows,
+    )
+    stdout.print(f"outputs under {root}; worker log {summary['workers_log']}")
+    stdout.print("dead letters: jobkit dead-letters list   (replay, show and purge them too)")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description:>22}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("retried {task.fields[retried]}  deferred {task.fields[deferred]}  "
+                   "dead {task.fields[dead]}"),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=False,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _workers(
+    args: argparse.Namespace, env: dict[str, str], log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``dramatiq actors`` in its own process group, always stopped on the way out."""
+    command = [
+        sys.executable, "-m", "dramatiq", "actors",
+        "--processes", str(args.processes),
+        "--threads", str(args.threads),
+        "--worker-shutdown-timeout", "10000",
+    ]  # fmt: skip
+    log_path.unlink(missing_ok=True)
+    workers = start_process_group(command, env=env, log=log_path)
+    try:
+        yield workers
+    finally:
+        stop_process_group(workers)
