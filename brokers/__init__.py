@@ -57,9 +57,11 @@ def build_broker(url: str | None = None, *, spec: BrokerSpec | None = None) -> B
     broker itself connects lazily (except the embedded server's start).
     """
     from middleware import build_stack
+    from middleware.message_guard import check_encoder
     from middleware.priorities import PriorityConfig
 
     from . import embedded
+    from .decoding import MessageRules
     from .rabbitmq import build_rabbitmq_broker
     from .redis import build_redis_broker
 
@@ -73,8 +75,10 @@ def build_broker(url: str | None = None, *, spec: BrokerSpec | None = None) -> B
     from middleware.sentry import init_sentry
 
     init_sentry()
+    check_encoder()
+    rules = MessageRules.from_env()
     priority_config = PriorityConfig.from_env()
-    stack = build_stack(priority_config)
+    stack = build_stack(priority_config, rules)
     if spec.kind == "rabbitmq":
         broker: Broker = build_rabbitmq_broker(spec.url, stack, priority_config)
     elif spec.kind == "redis":
@@ -83,6 +87,7 @@ def build_broker(url: str | None = None, *, spec: BrokerSpec | None = None) -> B
         assert spec.home is not None
         paths = embedded.ensure_server(spec.home)
         broker = build_redis_broker(paths.url, stack, priority_config)
+    broker.message_rules = rules  # type: ignore[attr-defined] - read by jobkit's consumers
     _specs[broker] = spec
     use_state(broker)
     return broker

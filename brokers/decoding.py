@@ -9,7 +9,16 @@ Consumers use :func:`decode_message` so such bytes are dead-lettered as
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 from dramatiq import Message, get_encoder
+
+from .errors import BrokerConfigError
+from .signing import BadSignature, Signer
+
+MAX_BYTES_ENV = "JOBKIT_MAX_MESSAGE_BYTES"
+DEFAULT_MAX_BYTES = 1024 * 1024
 
 #: Field -> the types a well-formed message has there (as JSON decodes them).
 _SHAPE: dict[str, tuple[type, ...]] = {
@@ -24,13 +33,49 @@ _SHAPE: dict[str, tuple[type, ...]] = {
 
 
 class UndecodableMessage(Exception):
-    """The bytes are not a message; ``str()`` says why in one line."""
+    """The bytes are not a message to run; ``str()`` says why in one line."""
+
+    #: The dead-letter reason.
+    reason = "undecodable"
 
 
-def decode_message(data: bytes | None) -> Message:
+class OversizedMessage(UndecodableMessage):
+    reason = "too_large"
+
+
+class ForgedMessage(UndecodableMessage):
+    reason = "bad_signature"
+
+
+@dataclass(frozen=True)
+class MessageRules:
+    """What a message must be, at send and at consume: a size limit, and a signature."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    signer: Signer | None = None
+
+    @classmethod
+    def from_env(cls) -> MessageRules:
+        raw = os.environ.get(MAX_BYTES_ENV, "").strip()
+        try:
+            max_bytes = int(raw) if raw else DEFAULT_MAX_BYTES
+        except ValueError:
+            max_bytes = -1
+        if max_bytes < 0:
+            raise BrokerConfigError(
+                f"{MAX_BYTES_ENV}={raw!r}: a number of bytes is expected (0: no limit)"
+            )
+        return cls(max_bytes=max_bytes, signer=Signer.from_env())
+
+
+def decode_message(data: bytes | None, rules: MessageRules | None = None) -> Message:
     """The message in ``data``; raises :class:`UndecodableMessage` saying why it is not one."""
     if data is None:
         raise UndecodableMessage("the queue held an id with no message body")
+    if rules is not None and rules.max_bytes and len(data) > rules.max_bytes:
+        raise OversizedMessage(
+            f"{len(data):,} bytes, over the {rules.max_bytes:,}-byte limit ({MAX_BYTES_ENV})"
+        )
     try:
         fields = get_encoder().decode(data)
     except Exception as error:  # noqa: BLE001 - whatever the encoder raises, it is not a message
@@ -47,6 +92,11 @@ def decode_message(data: bytes | None) -> Message:
                 f"field {name!r} is {type(value).__name__}, expected "
                 + " or ".join(t.__name__ for t in types)
             )
+    if rules is not None and rules.signer is not None:
+        try:
+            rules.signer.verify(fields)
+        except BadSignature as error:
+            raise ForgedMessage(str(error)) from None
     try:
         return Message(**{**fields, "args": tuple(fields["args"])})
     except TypeError as error:

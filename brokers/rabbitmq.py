@@ -29,7 +29,7 @@ from middleware.priorities import LEVEL_NUMBERS, PriorityConfig, message_level
 
 from .bulk import BulkSendError
 from .dead_letters import keep_failed, keep_undecodable
-from .decoding import UndecodableMessage, decode_message
+from .decoding import MessageRules, UndecodableMessage, decode_message
 from .errors import BrokerConfigError, BrokerUnavailable, JobkitError
 from .hooks import CachedHooks
 from .stats import QueueDepth
@@ -91,7 +91,7 @@ class DeadLetteringConsumer(_RabbitmqConsumer):
                 self.broker.queues_pending.add(q_name(self.queue_name))
             raise ConnectionClosed(error) from None
         try:
-            message = decode_message(body)
+            message = decode_message(body, self.broker.message_rules)
         except UndecodableMessage as error:
             if keep_undecodable(self.broker, self.queue_name, body, error):
                 self.connection.add_callback_threadsafe(
@@ -112,6 +112,9 @@ class DeadLetteringConsumer(_RabbitmqConsumer):
 
 class PriorityRabbitmqBroker(CachedHooks, RabbitmqBroker):
     """RabbitmqBroker whose queues carry ``x-max-priority`` and whose declare errors are clear."""
+
+    #: Size limit and signing keys its consumers apply (set by ``build_broker``).
+    message_rules: MessageRules = MessageRules()
 
     #: Seconds to wait for the confirms of one bulk batch.
     bulk_confirm_timeout = 30.0

@@ -10,6 +10,7 @@ queues and dead-worker recovery keep Dramatiq's key layout and behaviour.
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import time
 from collections.abc import Iterable
@@ -18,7 +19,7 @@ from typing import Any
 from uuid import uuid4
 
 import redis
-from dramatiq import Message, Middleware
+from dramatiq import Broker, Message, Middleware, Worker
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import compute_backoff, current_millis, dq_name
@@ -28,11 +29,13 @@ from middleware.priorities import LEVELS, PriorityConfig
 
 from .bulk import BulkSendError, batches
 from .dead_letters import keep_failed, keep_undecodable
-from .decoding import UndecodableMessage, decode_message
+from .decoding import MessageRules, UndecodableMessage, decode_message
 from .errors import BrokerUnavailable
 from .hooks import CachedHooks
 from .stats import QueueDepth
 from .urls import mask_url
+
+logger = logging.getLogger("jobkit.brokers.redis")
 
 NAMESPACE = "dramatiq"
 DISPATCH_SCRIPT = (Path(__file__).parent / "lua" / "dispatch.lua").read_bytes()
@@ -51,6 +54,9 @@ def level_suffix(level: Any) -> str:
 
 class PriorityRedisBroker(CachedHooks, RedisBroker):
     """RedisBroker whose canonical queues are priority-aware."""
+
+    #: Size limit and signing keys its consumers apply (set by ``build_broker``).
+    message_rules: MessageRules = MessageRules()
 
     def __init__(self, *, priority_config: PriorityConfig, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -198,7 +204,7 @@ class PriorityRedisConsumer(_RedisConsumer):
                     continue
                 self.misses = 0
                 try:
-                    message = decode_message(data)
+                    message = decode_message(data, self.broker.message_rules)
                 except UndecodableMessage as error:
                     self._keep_undecodable(redis_id, data, error)
                     continue
@@ -247,8 +253,45 @@ def build_redis_broker(
 ) -> PriorityRedisBroker:
     """A priority-aware RedisBroker for ``url`` (redis://, rediss:// or unix://); lazy connect."""
     return PriorityRedisBroker(
-        url=url, namespace=NAMESPACE, middleware=middleware, priority_config=priority_config
+        url=url,
+        namespace=NAMESPACE,
+        middleware=[*middleware, RedisSettingsCheck()],
+        priority_config=priority_config,
     )
+
+
+def unsafe_settings(client: redis.Redis) -> list[str]:
+    """What in a Redis server's configuration can lose accepted jobs, one line each."""
+    try:
+        config = client.config_get("maxmemory-policy") | client.config_get("appendonly")
+        config |= client.config_get("save")
+    except redis.ResponseError:
+        return []  # CONFIG is disabled (managed Redis): nothing to read
+    problems = []
+    policy = config.get("maxmemory-policy", "noeviction")
+    if policy != "noeviction":
+        problems.append(
+            f"maxmemory-policy is {policy}: at its memory limit Redis deletes keys, queued "
+            "jobs included; set it to noeviction (enqueues then fail with a clear error)"
+        )
+    if config.get("appendonly") != "yes" and not config.get("save"):
+        problems.append(
+            "no persistence (appendonly no, no save points): a Redis restart loses every "
+            "queued job; set appendonly yes (appendfsync everysec loses at most ~1 s)"
+        )
+    return problems
+
+
+class RedisSettingsCheck(Middleware):
+    """Warns once per worker process, at boot, about Redis settings that can lose jobs."""
+
+    def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        try:
+            problems = unsafe_settings(broker.client)  # type: ignore[attr-defined]
+        except redis.RedisError:
+            return  # the consumers report an unreachable server
+        for problem in problems:
+            logger.warning("unsafe Redis setting: %s", problem)
 
 
 def check_redis(broker: RedisBroker, display_url: str) -> None:

@@ -11,9 +11,12 @@ from __future__ import annotations
 from dramatiq import Middleware
 from dramatiq.middleware import default_middleware
 
+from brokers.decoding import MessageRules
+
 from .dead_letters import DeadLetters
 from .job_logging import JobLogging
 from .load_throttle import LoadThrottle
+from .message_guard import MessageGuard
 from .metrics import Metrics
 from .periodic import PeriodicTicks, periodiq_middleware
 from .priorities import Priorities, PriorityConfig
@@ -21,7 +24,9 @@ from .rate_limits import RateLimits
 from .sentry import SentryAlerts
 
 
-def build_stack(priority_config: PriorityConfig | None = None) -> list[Middleware]:
+def build_stack(
+    priority_config: PriorityConfig | None = None, rules: MessageRules | None = None
+) -> list[Middleware]:
     """Fresh middleware instances for one broker, in order.
 
     ``Priorities`` comes first so every later ``before_enqueue`` sees the
@@ -34,7 +39,9 @@ def build_stack(priority_config: PriorityConfig | None = None) -> list[Middlewar
     (and, hooks after running in reverse, ``job.failed`` before Retries
     schedules the next attempt). ``DeadLetters`` describes a rejected job in
     ``before_nack`` for the broker's consumer to store. Then ``LoadThrottle``
-    (inactive unless configured). ``SentryAlerts`` sits after Retries for the same reason. With
+    (inactive unless configured), and ``MessageGuard`` last, so it signs and
+    measures the message as every other ``before_enqueue`` left it.
+    ``SentryAlerts`` sits after Retries for the same reason. With
     ``SENTRY_DSN`` set, sentry-sdk's own Dramatiq middleware goes first (it
     inserts itself when the broker is created).
     """
@@ -49,4 +56,5 @@ def build_stack(priority_config: PriorityConfig | None = None) -> list[Middlewar
         SentryAlerts(),
         Metrics(),
         LoadThrottle.from_env(),
+        MessageGuard(rules),
     ]

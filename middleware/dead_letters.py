@@ -45,6 +45,8 @@ TRACEBACK_ENV = "JOBKIT_DEAD_LETTER_TRACEBACK"
 HOOK_ENV = "JOBKIT_DEAD_LETTER_HOOK"
 WEBHOOK_ENV = "JOBKIT_DEAD_LETTER_WEBHOOK"
 DEFAULT_TRACEBACK_CHARS = 8192
+#: Bytes of a message that was not one kept in its dead letter (an oversized one may be huge).
+MAX_RAW_KEPT = 64 * 1024
 #: Record fields a webhook does not get: arguments and raw bytes may hold secrets.
 PRIVATE_FIELDS = ("message", "raw")
 HOST = socket.gethostname()
@@ -88,11 +90,14 @@ def describe_failure(
 
 
 def describe_undecodable(queue_name: str, raw: bytes, error: Exception) -> dict[str, Any]:
+    """A record for bytes that are not a job to run (malformed, oversized, forged)."""
     from brokers.dead_letters import raw_fields
 
+    kept = raw[:MAX_RAW_KEPT]
     return new_record(
         queue=queue_name,
-        reason="undecodable",
+        reason=getattr(error, "reason", "undecodable"),
+        raw_bytes=len(raw),
         actor=None,
         exc_type=type(error).__name__,
         exc_message=str(error),
@@ -102,7 +107,7 @@ def describe_undecodable(queue_name: str, raw: bytes, error: Exception) -> dict[
         host=HOST,
         pid=os.getpid(),
         message=None,
-        **raw_fields(raw),
+        **raw_fields(kept),
     )
 
 

@@ -8,12 +8,14 @@ scrape time, on ``JOBKIT_METRICS_HOST:JOBKIT_METRICS_PORT`` (127.0.0.1:9191).
 Settings: ``JOBKIT_METRICS`` (``on``; ``off`` disables), ``JOBKIT_METRICS_HOST``,
 ``JOBKIT_METRICS_PORT``, ``JOBKIT_METRICS_DIR`` (``/tmp/jobkit-metrics-<uid>``).
 If the port is taken (say, a second worker group on the host), the exporter
-logs one line saying so and stops; the workers go on.
+logs one line saying so and stops; the workers go on. Workers write their
+changes once a second (``metric_tally``), so a scrape trails them by up to 1 s.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -30,6 +32,7 @@ from brokers.processes import pid_alive
 
 from . import outcomes
 from .deliveries import CurrentDelivery, queue_latency_ms, unwrap
+from .metric_tally import Tally
 
 ENABLED_ENV = "JOBKIT_METRICS"
 HOST_ENV = "JOBKIT_METRICS_HOST"
@@ -67,6 +70,7 @@ class Metrics(Middleware):
         self._delivery = CurrentDelivery()
         #: (metric, label values) -> child: prometheus-client's labels() is slow per call.
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._tally = Tally()
 
     @property
     def forks(self) -> list[Any]:
@@ -116,6 +120,7 @@ class Metrics(Middleware):
                 multiprocess_mode="livesum", registry=registry,
             ),
         }  # fmt: skip
+        self._tally.start()
 
     def _child(self, name: str, *labels: str) -> Any:
         key = (name, labels)
@@ -130,8 +135,8 @@ class Metrics(Middleware):
         message = unwrap(message)
         labels = (message.actor_name, message.queue_name)
         latency_ms = queue_latency_ms(message, int(time.time() * 1000))
-        self._child("latency", *labels).observe(latency_ms / 1000)
-        self._child("in_flight", *labels).inc()
+        self._tally.observe(self._child("latency", *labels), latency_ms / 1000)
+        self._tally.inc(self._child("in_flight", *labels))
         self._delivery.start(message, started=time.monotonic())
 
     def after_process_message(
@@ -144,10 +149,10 @@ class Metrics(Middleware):
         started = delivery.pop("started", None) if delivery else None
         labels = (message.actor_name, message.queue_name)
         if started is not None:
-            self._child("duration", *labels).observe(time.monotonic() - started)
-            self._child("in_flight", *labels).dec()
+            self._tally.observe(self._child("duration", *labels), time.monotonic() - started)
+            self._tally.inc(self._child("in_flight", *labels), -1)
         outcome = "succeeded" if exception is None else "failed"
-        self._child("jobs", *labels, outcome).inc()
+        self._tally.inc(self._child("jobs", *labels, outcome))
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
         if not self._m:
@@ -155,11 +160,11 @@ class Metrics(Middleware):
         labels = (message.actor_name, message.queue_name)
         delivery = self._delivery.get(message)
         if delivery is not None and delivery.pop("started", None) is not None:
-            self._child("in_flight", *labels).dec()
+            self._tally.inc(self._child("in_flight", *labels), -1)
         if outcomes.peek(message.message_id) == outcomes.DEFERRED:
-            self._child("rate_limited", *labels).inc()
+            self._tally.inc(self._child("rate_limited", *labels))
         else:
-            self._child("jobs", *labels, "skipped").inc()
+            self._tally.inc(self._child("jobs", *labels, "skipped"))
 
     def after_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
         # Re-enqueued while this process handles it: a retry (deferrals are counted apart).
@@ -169,7 +174,7 @@ class Metrics(Middleware):
             and self._delivery.get(message) is not None
             and outcomes.peek(message.message_id) != outcomes.DEFERRED
         ):
-            self._m["retried"].labels(message.actor_name, message.queue_name).inc()
+            self._tally.inc(self._child("retried", message.actor_name, message.queue_name))
 
     def after_ack(self, broker: Broker, message: Message) -> None:
         self._delivery.end(unwrap(message))
@@ -180,13 +185,21 @@ class Metrics(Middleware):
     def after_dead_letter(self, broker: Broker, record: dict[str, Any]) -> None:
         if self._m:
             labels = (record.get("actor") or "", record["queue"], record["reason"])
-            self._m["dead_lettered"].labels(*labels).inc()
+            self._tally.inc(self._child("dead_lettered", *labels))
 
     def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         if self._m:
             from prometheus_client import multiprocess
 
+            self._tally.stop()
             multiprocess.mark_process_dead(os.getpid())
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def serve_metrics() -> int:
@@ -221,6 +234,14 @@ def serve_metrics() -> int:
             pass
 
     host, port = address()
+    if not _is_loopback(host):
+        logger.warning(
+            "metrics: the exporter listens on %s:%d, beyond this host: anyone who reaches it "
+            "sees actor and queue names and job counts; keep JOBKIT_METRICS_HOST=127.0.0.1 "
+            "and scrape through a proxy or a private network",
+            host,
+            port,
+        )
     try:
         server = ThreadingHTTPServer((host, port), Handler)
     except OSError as error:

@@ -23,6 +23,9 @@ from dramatiq.brokers.stub import StubBroker
 
 ALL_KINDS = ("stub", "redis", "rabbitmq", "embedded")
 REAL_KINDS = ("redis", "rabbitmq", "embedded")
+#: The production brokers. The embedded one runs the Redis broker's code: the job
+#: library's tests run on these two, the middleware's on all three.
+SYSTEM_KINDS = ("redis", "rabbitmq")
 
 # A private embedded home, set before anything imports `actors`, so no test
 # touches a developer's ./.jobkit. Short, for the unix socket path limit.
@@ -65,6 +68,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "redis_broker_kind" in metafunc.fixturenames:  # Redis-protocol internals
         metafunc.parametrize(
             "redis_broker_kind", [k for k in kinds if k in ("redis", "embedded")], scope="function"
+        )
+    if "system_broker_kind" in metafunc.fixturenames:  # the production brokers
+        metafunc.parametrize(
+            "system_broker_kind", [k for k in kinds if k in SYSTEM_KINDS], scope="function"
         )
     if "real_broker_kind" in metafunc.fixturenames:
         metafunc.parametrize(
@@ -150,6 +157,12 @@ def broker(broker_kind: str) -> Iterator[Broker]:
 def real_broker(real_broker_kind: str) -> Iterator[Broker]:
     """A fresh broker of every selected real kind (redis, rabbitmq, embedded)."""
     yield from _fresh(real_broker_kind)
+
+
+@pytest.fixture
+def system_broker(system_broker_kind: str) -> Iterator[Broker]:
+    """A fresh Redis or RabbitMQ broker (each selected one)."""
+    yield from _fresh(system_broker_kind)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import dramatiq
@@ -14,8 +15,9 @@ from dramatiq.brokers.stub import StubBroker
 
 from brokers import BrokerUnavailable, build_broker, check_broker, spec_of
 from brokers.rabbitmq import AmqpPriority
+from brokers.redis import RedisSettingsCheck
 from middleware import build_stack
-from tests.conftest import RABBITMQ_URL, url_for
+from tests.conftest import RABBITMQ_URL, make_broker, url_for
 from tests.support.processes import wait_until, worker
 
 
@@ -23,6 +25,8 @@ def test_every_broker_gets_the_full_middleware_stack(broker: Broker) -> None:
     expected = [type(m) for m in build_stack()]
     if isinstance(broker, RabbitmqBroker):
         expected.append(AmqpPriority)  # maps the stamped level to the AMQP priority
+    if isinstance(broker, RedisBroker):
+        expected.append(RedisSettingsCheck)  # warns about settings that can lose jobs
     assert [type(m) for m in broker.middleware] == expected
     # Options of Dramatiq's default middleware are accepted at declaration.
     assert {"max_retries", "time_limit", "max_age", "retry_when"} <= broker.actor_options
@@ -151,3 +155,26 @@ def test_a_broker_that_does_not_answer_gives_one_clear_line(
     assert "JOBKIT_BROKER_URL" in message
     if secret:
         assert secret not in message
+
+
+def test_redis_settings_that_can_lose_jobs_are_named(
+    redis_broker_kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from brokers.redis import unsafe_settings
+
+    broker = make_broker(redis_broker_kind)
+    client = broker.client
+    saved = client.config_get("maxmemory-policy")["maxmemory-policy"]
+    try:
+        client.config_set("maxmemory-policy", "allkeys-lru")
+        problems = unsafe_settings(client)
+        assert any("maxmemory-policy is allkeys-lru" in p for p in problems)
+        # The system Redis runs without persistence; the embedded server keeps an AOF.
+        assert any("no persistence" in p for p in problems) == (redis_broker_kind == "redis")
+        with caplog.at_level(logging.WARNING):
+            RedisSettingsCheck().after_worker_boot(broker, None)  # type: ignore[arg-type]
+        assert "unsafe Redis setting: maxmemory-policy is allkeys-lru" in caplog.text
+    finally:
+        client.config_set("maxmemory-policy", saved)
+        broker.close()
+    assert not any("maxmemory" in p for p in unsafe_settings(client))

@@ -88,24 +88,21 @@ def test_the_demo_runs_every_job_with_retries_deferrals_and_dead_letters(
     assert valkey_servers_for(home) == []
 
 
-@pytest.mark.parametrize("kind", ["redis", "rabbitmq"])
-def test_the_demo_runs_on_the_system_brokers(kind: str, tmp_path: Path) -> None:
+def test_the_demo_runs_on_rabbitmq(tmp_path: Path) -> None:
+    kind = "rabbitmq"  # needs JOBKIT_STATE_URL: emails and pages are rate-limited
     result = run_demo(url_for(kind), tmp_path / "demo", "--jobs", "50", "--json", **env_for(kind))
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     assert set(summary["actors"]) == ACTORS and summary["surprises"] == []
 
 
-def test_demo_keeps_a_server_it_did_not_start(home: Path, tmp_path: Path) -> None:
+def test_demo_keeps_a_server_it_did_not_start_and_prints_a_table(
+    home: Path, tmp_path: Path
+) -> None:
     embedded.ensure_server(home)
-    result = run_demo(f"embedded://{home}", tmp_path / "demo", "--jobs", "20", "--json")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert embedded.status(home)["running"] is True
-
-
-def test_demo_table_output(home: Path, tmp_path: Path) -> None:
     result = run_demo(f"embedded://{home}", tmp_path / "demo", "--jobs", "10")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert embedded.status(home)["running"] is True
     for text in ("processed", "retried", "deferred", "dead-lettered", "(1 on purpose)", "outbox"):
         assert text in result.stdout
     for actor in ACTORS:

@@ -287,41 +287,41 @@ def declare(broker: Broker, shipped: dramatiq.Actor, calls: list[str] | None = N
     )
 
 
-def test_both_jobs_write_their_images(real_broker: Broker, tmp_path: Path) -> None:
-    thumbnail = declare(real_broker, make_thumbnail)
-    resize = declare(real_broker, resize_image)
+def test_both_jobs_write_their_images(system_broker: Broker, tmp_path: Path) -> None:
+    thumbnail = declare(system_broker, make_thumbnail)
+    resize = declare(system_broker, resize_image)
     source = bands(tmp_path / "photo.jpg")
     thumb, card = tmp_path / "thumbs" / "photo.webp", tmp_path / "cards" / "photo.jpg"
     thumbnail.send(str(source), str(thumb), max_size=128)
     resize.send(str(source), str(card), 300, 200, fit="cover")
-    with worker(real_broker, threads=2, queues={QUEUE}):
+    with worker(system_broker, threads=2, queues={QUEUE}):
         assert wait_until(lambda: thumb.exists() and card.exists(), 30)
     assert opened(thumb).size == (128, 64) and opened(thumb).format == "WEBP"
     assert opened(card).size == (300, 200) and opened(card).format == "JPEG"
-    assert dead_letter_store(real_broker).count() == 0
+    assert dead_letter_store(system_broker).count() == 0
 
 
-def test_a_late_source_is_retried_then_written(real_broker: Broker, tmp_path: Path) -> None:
+def test_a_late_source_is_retried_then_written(system_broker: Broker, tmp_path: Path) -> None:
     calls: list[str] = []
-    actor = declare(real_broker, make_thumbnail, calls)
+    actor = declare(system_broker, make_thumbnail, calls)
     source, dest = tmp_path / "upload.png", tmp_path / "thumb.png"
     actor.send(str(source), str(dest), 64)
-    with worker(real_broker, threads=1, queues={QUEUE}):
+    with worker(system_broker, threads=1, queues={QUEUE}):
         assert wait_until(lambda: len(calls) >= 1, 30)  # the first attempt found no file
         assert not dest.exists()
         # Uploaded the safe way (written aside, then renamed): never seen half-written.
         bands(tmp_path / "upload.partial.png").rename(source)
         assert wait_until(dest.exists, 30)
     assert len(calls) >= 2 and opened(dest).size == (64, 32)
-    assert dead_letter_store(real_broker).count() == 0
+    assert dead_letter_store(system_broker).count() == 0
 
 
 def test_rejected_images_are_dead_lettered_at_once(
-    real_broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    system_broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-    thumbnail = declare(real_broker, make_thumbnail, calls)
-    resize = declare(real_broker, resize_image, calls)
+    thumbnail = declare(system_broker, make_thumbnail, calls)
+    resize = declare(system_broker, resize_image, calls)
     # The worker runs in this process, so it reads the limits set here.
     monkeypatch.setenv("JOBKIT_IMAGE_MAX_PIXELS", "1_000_000")
     monkeypatch.setenv("JOBKIT_IMAGE_MAX_BYTES", "100_000")
@@ -341,8 +341,8 @@ def test_rejected_images_are_dead_lettered_at_once(
         (resize.send(str(huge), out, 10, 10, fit="fill"), "fit must be one of contain, cover"),
         (thumbnail.send(str(huge), str(tmp_path / "out.tiff")), "unknown output format '.tiff'"),
     ]
-    store = dead_letter_store(real_broker)
-    with worker(real_broker, threads=2, queues={QUEUE}):
+    store = dead_letter_store(system_broker)
+    with worker(system_broker, threads=2, queues={QUEUE}):
         assert wait_until(lambda: store.count() == len(cases), 60)
     assert len(calls) == len(cases)  # one attempt each: never retried
     for message, error in cases:

@@ -7,6 +7,7 @@ import socket
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from dramatiq import Broker
 from prometheus_client.parser import text_string_to_metric_families
@@ -146,3 +147,50 @@ def test_stats_without_workers_is_one_clear_line() -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("jobkit: error: no metrics at http://127.0.0.1:")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_tally_writes_what_prometheus_client_would_have() -> None:
+    import prometheus_client as prom
+
+    from middleware.metric_tally import Tally
+    from middleware.metrics import LATENCY_BUCKETS
+
+    def metrics(registry: prom.CollectorRegistry) -> tuple[Any, Any, Any]:
+        return (
+            prom.Histogram("d", "", ("actor",), buckets=LATENCY_BUCKETS, registry=registry),
+            prom.Counter("c", "", ("actor",), registry=registry),
+            prom.Gauge("g", "", ("actor",), registry=registry),
+        )
+
+    direct, batched = prom.CollectorRegistry(), prom.CollectorRegistry()
+    (hist, counter, gauge), (t_hist, t_counter, t_gauge) = metrics(direct), metrics(batched)
+    tally = Tally()
+    values = [0.0, 0.004, 0.005, 0.0051, 0.3, 1, 2.5, 7, 299.9, 900, 1e6]
+    for value in values:
+        hist.labels("a").observe(value)
+        tally.observe(t_hist.labels("a"), value)
+        counter.labels("a").inc()
+        tally.inc(t_counter.labels("a"))
+        gauge.labels("a").inc()
+        tally.inc(t_gauge.labels("a"))
+    gauge.labels("a").dec()
+    tally.inc(t_gauge.labels("a"), -1)
+    assert _values(batched) != _values(direct)  # nothing written yet
+    tally.flush()
+    assert _values(batched) == _values(direct)
+
+
+def _values(registry: Any) -> list[tuple[str, dict[str, str], float]]:
+    return [
+        (sample.name, sample.labels, sample.value)
+        for family in registry.collect()
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    ]
+
+
+def test_only_loopback_addresses_count_as_this_host() -> None:
+    from middleware.metrics import _is_loopback
+
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
+    assert not _is_loopback("0.0.0.0") and not _is_loopback("10.0.0.5")

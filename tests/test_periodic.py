@@ -91,9 +91,9 @@ def _declare_tick_job(broker: Broker, runs: Runs) -> dramatiq.Actor:
     )
 
 
-def test_two_schedulers_fire_each_minute_once(real_broker: Broker) -> None:
+def test_two_schedulers_fire_each_minute_once(system_broker: Broker) -> None:
     runs = Runs()
-    actor = _declare_tick_job(real_broker, runs)
+    actor = _declare_tick_job(system_broker, runs)
     # Ticks in the near future (periodiq skips ticks older than 30 s when processed).
     first = pendulum.now().add(minutes=1).replace(second=1, microsecond=0)
     schedulers = [Scheduler(actors=[actor]), Scheduler(actors=[actor])]
@@ -102,25 +102,25 @@ def test_two_schedulers_fire_each_minute_once(real_broker: Broker) -> None:
     schedulers[1].send_actors([actor], now=first.add(seconds=4))
     for scheduler in schedulers:
         scheduler.send_actors([actor], now=first.add(minutes=1))
-    with worker(real_broker, threads=4, queues={QUEUE}):
-        assert wait_until(lambda: _drained(real_broker) and len(runs.ticks) >= 2, 20)
+    with worker(system_broker, threads=4, queues={QUEUE}):
+        assert wait_until(lambda: _drained(system_broker) and len(runs.ticks) >= 2, 20)
         time.sleep(0.3)
     assert sorted(runs.ticks) == [tick_of(str(first)), tick_of(str(first.add(minutes=1)))]
-    assert dead_letter_store(real_broker).count() == 0
+    assert dead_letter_store(system_broker).count() == 0
 
 
-def test_a_job_sent_by_hand_always_runs(real_broker: Broker) -> None:
+def test_a_job_sent_by_hand_always_runs(system_broker: Broker) -> None:
     calls: list[int] = []
     actor = dramatiq.actor(
         lambda: calls.append(1),
-        broker=real_broker,
+        broker=system_broker,
         actor_name="every_minute",
         queue_name=QUEUE,
         periodic=cron("* * * * *"),
     )
     actor.send()
     actor.send()
-    with worker(real_broker, threads=2, queues={QUEUE}):
+    with worker(system_broker, threads=2, queues={QUEUE}):
         assert wait_until(lambda: len(calls) == 2, 20)
 
 
@@ -131,7 +131,7 @@ def _drained(broker: Broker) -> bool:
 
 @pytest.mark.slow
 def test_two_periodiq_processes_send_a_tick_twice_and_it_runs_once(
-    real_broker: Broker, real_broker_kind: str, tmp_path: Path
+    system_broker: Broker, system_broker_kind: str, tmp_path: Path
 ) -> None:
     """The real CLI: two ``periodiq actors`` processes each send the current minute at start."""
     ran: dict[str, list[str]] = {}
@@ -139,16 +139,16 @@ def test_two_periodiq_processes_send_a_tick_twice_and_it_runs_once(
         ran[name] = []
         dramatiq.actor(
             lambda name=name: ran[name].append(_current.message.options.get("scheduled_at")),
-            broker=real_broker,
+            broker=system_broker,
             actor_name=name,
             queue_name=QUEUE,
             periodic=cron("* * * * *"),
         )
-    real_broker.add_middleware(_Current())
+    system_broker.add_middleware(_Current())
     # Both must start in the same minute (periodiq waits for the next one after :55).
     if datetime.now().second >= 45:
         time.sleep(61 - datetime.now().second)
-    env = child_env(url_for(real_broker_kind), **env_for(real_broker_kind))
+    env = child_env(url_for(system_broker_kind), **env_for(system_broker_kind))
     script = str(Path(sys.executable).parent / "periodiq")
     logs = [tmp_path / "periodiq-a.log", tmp_path / "periodiq-b.log"]
     schedulers = [start_process_group([script, "actors"], env=env, log=log) for log in logs]
@@ -159,8 +159,8 @@ def test_two_periodiq_processes_send_a_tick_twice_and_it_runs_once(
     finally:
         for scheduler in schedulers:
             stop_group(scheduler)
-    with worker(real_broker, threads=4, queues={QUEUE}):
-        assert wait_until(lambda: _drained(real_broker) and ran["snapshot_queue_depths"], 20)
+    with worker(system_broker, threads=4, queues={QUEUE}):
+        assert wait_until(lambda: _drained(system_broker) and ran["snapshot_queue_depths"], 20)
         time.sleep(0.3)
     scheduled = [
         line
@@ -176,9 +176,9 @@ def test_two_periodiq_processes_send_a_tick_twice_and_it_runs_once(
 
 
 def test_the_daily_summary_counts_the_last_days_dead_letters(
-    real_broker: Broker, tmp_path: Path
+    system_broker: Broker, tmp_path: Path
 ) -> None:
-    store = dead_letter_store(real_broker)
+    store = dead_letter_store(system_broker)
     now_ms = int(time.time() * 1000)
     for index, (queue, reason, age_h) in enumerate(
         [("emails", "non_retryable", 1), ("emails", "retries_exhausted", 2), ("images", "x", 30)]
@@ -201,9 +201,9 @@ def test_the_daily_summary_counts_the_last_days_dead_letters(
 
 
 def test_retention_removes_only_old_dead_letters(
-    real_broker: Broker, monkeypatch: pytest.MonkeyPatch
+    system_broker: Broker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = dead_letter_store(real_broker)
+    store = dead_letter_store(system_broker)
     monkeypatch.setattr(store, "ttl_ms", 3_600_000)  # JOBKIT_DEAD_LETTER_TTL=1h
     now_ms = int(time.time() * 1000)
     # Written with TTL 0, so the store does not trim them on the way in.
@@ -215,9 +215,9 @@ def test_retention_removes_only_old_dead_letters(
     assert [r["id"] for r in store.list()] == ["dl-0"]
 
 
-def test_the_queue_snapshot_lists_every_queue(real_broker: Broker) -> None:
-    dramatiq.actor(lambda: None, broker=real_broker, actor_name="job", queue_name="jobkit-test")
-    real_broker.enqueue(
+def test_the_queue_snapshot_lists_every_queue(system_broker: Broker) -> None:
+    dramatiq.actor(lambda: None, broker=system_broker, actor_name="job", queue_name="jobkit-test")
+    system_broker.enqueue(
         dramatiq.Message(queue_name="jobkit-test", actor_name="job", args=(), kwargs={}, options={})
     )
     depths = {d["queue"]: d for d in snapshot_queue_depths.fn()}

@@ -131,7 +131,7 @@ def _rate(starts: list[float], trim: float = 0.0) -> float:
 def test_a_20_per_second_limit_holds_across_two_worker_processes(
     real_broker: Broker, real_broker_kind: str, tmp_path: Path
 ) -> None:
-    jobs = 300
+    jobs = 150
     log_path, worker_log = tmp_path / "jobs.jsonl", tmp_path / "workers.log"
     env = child_env(
         url_for(real_broker_kind), JOBKIT_TEST_JOB_LOG=str(log_path), **env_for(real_broker_kind)

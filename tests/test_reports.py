@@ -80,12 +80,12 @@ def declare(broker: Broker) -> dramatiq.Actor:
 
 
 def test_the_job_writes_csv_and_json_and_waits_for_a_late_source(
-    real_broker: Broker, tmp_path: Path
+    system_broker: Broker, tmp_path: Path
 ) -> None:
-    actor = declare(real_broker)
+    actor = declare(system_broker)
     source, output = tmp_path / "late.csv", tmp_path / "out" / "by-country"
     actor.send(str(source), str(output), "country", ["amount"])
-    with worker(real_broker, threads=1, queues={QUEUE}):
+    with worker(system_broker, threads=1, queues={QUEUE}):
         time.sleep(0.3)  # the first attempt finds no file and is retried
         assert not output.with_suffix(".json").exists()
         source.write_text(CSV)
@@ -97,16 +97,16 @@ def test_the_job_writes_csv_and_json_and_waits_for_a_late_source(
         "DE,1,2.5",
         "FR,2,15",
     ]
-    assert dead_letter_store(real_broker).count() == 0
+    assert dead_letter_store(system_broker).count() == 0
 
 
-def test_a_malformed_source_is_dead_lettered_at_once(real_broker: Broker, tmp_path: Path) -> None:
-    actor = declare(real_broker)
+def test_a_malformed_source_is_dead_lettered_at_once(system_broker: Broker, tmp_path: Path) -> None:
+    actor = declare(system_broker)
     source = tmp_path / "bad.csv"
     source.write_text("country,amount\nFR,ten\n")
     message = actor.send(str(source), str(tmp_path / "out"), "country", ["amount"])
-    store = dead_letter_store(real_broker)
-    with worker(real_broker, threads=1, queues={QUEUE}):
+    store = dead_letter_store(system_broker)
+    with worker(system_broker, threads=1, queues={QUEUE}):
         assert wait_until(lambda: store.count() == 1, 20)
     record = store.get(message.message_id)
     assert record["reason"] == "non_retryable" and record["attempts"] == 1

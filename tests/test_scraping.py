@@ -361,7 +361,7 @@ def test_results_go_to_the_scrape_dir_by_default_decoded_with_the_charset(
 
 
 def test_a_page_is_scraped_and_its_result_written(
-    real_broker: Broker, site: Site, tmp_path: Path
+    system_broker: Broker, site: Site, tmp_path: Path
 ) -> None:
     site.routes["/robots.txt"] = Reply(body=b"User-agent: *\nDisallow: /admin\n")
     site.routes["/docs/index.html"] = page(
@@ -370,10 +370,10 @@ def test_a_page_is_scraped_and_its_result_written(
     out = tmp_path / "results" / "docs.json"
     out.parent.mkdir()
     out.write_text("stale")
-    actor = declare(real_broker)
+    actor = declare(system_broker)
     before = time.time()
     actor.send(site.url("/docs/index.html"), str(out), 5.0)
-    with worker(real_broker, threads=2, queues={QUEUE}):
+    with worker(system_broker, threads=2, queues={QUEUE}):
         assert wait_until(lambda: out.read_text() != "stale", 30)
     result = read(out)
     assert result["url"] == result["final_url"] == site.url("/docs/index.html")
@@ -385,27 +385,27 @@ def test_a_page_is_scraped_and_its_result_written(
     assert [p.name for p in out.parent.iterdir()] == ["docs.json"]  # no temporary left behind
     assert len(site.requests_for("/docs/index.html")) == 1
     assert site.requests_for("/docs/index.html")[0].at > site.requests_for("/robots.txt")[0].at
-    assert dead_letter_store(real_broker).count() == 0
+    assert dead_letter_store(system_broker).count() == 0
 
 
 def test_a_server_error_is_retried_until_the_page_comes(
-    real_broker: Broker, site: Site, tmp_path: Path
+    system_broker: Broker, site: Site, tmp_path: Path
 ) -> None:
     site.routes["/flaky"] = [Reply(503, b"later", "text/plain"), page("Back")]
     out = tmp_path / "flaky.json"
-    actor = declare(real_broker)
+    actor = declare(system_broker)
     actor.send(site.url("/flaky"), str(out), 5.0)
-    with worker(real_broker, threads=2, queues={QUEUE}):
+    with worker(system_broker, threads=2, queues={QUEUE}):
         assert wait_until(out.exists, 30)
         time.sleep(0.3)
     assert read(out)["title"] == "Back"
     assert len(site.requests_for("/flaky")) == 2
-    assert dead_letter_store(real_broker).count() == 0
+    assert dead_letter_store(system_broker).count() == 0
 
 
 @pytest.mark.parametrize("case", ["not_found", "robots", "too_large", "not_html"])
 def test_a_page_that_cannot_be_scraped_is_dead_lettered_at_once(
-    real_broker: Broker, site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+    system_broker: Broker, site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
     path = "/private/page" if case == "robots" else "/page"
     origin = f"http://127.0.0.1:{site.server.server_port}"
@@ -425,10 +425,10 @@ def test_a_page_that_cannot_be_scraped_is_dead_lettered_at_once(
     elif case == "not_html":
         site.routes[path] = Reply(body=b"{}", content_type="application/json")
     out = tmp_path / "never.json"
-    actor = declare(real_broker)
+    actor = declare(system_broker)
     message = actor.send(site.url(path), str(out), 5.0)
-    store = dead_letter_store(real_broker)
-    with worker(real_broker, threads=2, queues={QUEUE}):
+    store = dead_letter_store(system_broker)
+    with worker(system_broker, threads=2, queues={QUEUE}):
         assert wait_until(lambda: store.count() == 1, 30)
         time.sleep(0.3)
     record = store.get(message.message_id)
@@ -440,10 +440,10 @@ def test_a_page_that_cannot_be_scraped_is_dead_lettered_at_once(
 
 
 def test_pages_of_one_host_are_spaced_by_its_rate_limit_and_other_hosts_are_not_held(
-    real_broker: Broker, site: Site, tmp_path: Path
+    system_broker: Broker, site: Site, tmp_path: Path
 ) -> None:
     site.routes["/page"] = page("paced")
-    actor = declare(real_broker, rate_limit="4/s")  # one page every 250 ms per host
+    actor = declare(system_broker, rate_limit="4/s")  # one page every 250 ms per host
     with httpx.Client(timeout=5) as client:  # robots.txt read up front: only pages are timed
         for host in ("127.0.0.1", "localhost"):
             check_robots(client, site.url("/page", host), "jobkit-scraper/1")
@@ -452,7 +452,7 @@ def test_pages_of_one_host_are_spaced_by_its_rate_limit_and_other_hosts_are_not_
     actor.send(site.url("/page", "localhost"), str(tmp_path / "b.json"), 5.0)
     # One thread: jobs started at once would fight over the GIL, adding noise to the timings.
     # A deferred job is off the thread while it waits, so it holds up no other host.
-    with worker(real_broker, threads=1, queues={QUEUE}):
+    with worker(system_broker, threads=1, queues={QUEUE}):
         assert wait_until(lambda: len(list(tmp_path.glob("*.json"))) == 4, 60)
     paced = [hit.at for hit in site.requests_for("/page", "127.0.0.1")]
     (other,) = [hit.at for hit in site.requests_for("/page", "localhost")]
@@ -463,4 +463,4 @@ def test_pages_of_one_host_are_spaced_by_its_rate_limit_and_other_hosts_are_not_
     assert paced[-1] - paced[0] >= 0.45 and min(gaps) >= 0.15, gaps
     # Sharing 127.0.0.1's limit, it would have had the slot after the third (750 ms).
     assert other < paced[-1], "the localhost page waited for 127.0.0.1's slots"
-    assert dead_letter_store(real_broker).count() == 0
+    assert dead_letter_store(system_broker).count() == 0

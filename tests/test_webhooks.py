@@ -88,11 +88,11 @@ def send(actor: dramatiq.Actor, url: str, **kwargs: Any) -> dramatiq.Message:
 
 
 def test_a_webhook_is_posted_once_with_its_idempotency_key(
-    real_broker: Broker, receiver: Receiver
+    system_broker: Broker, receiver: Receiver
 ) -> None:
-    actor = declare(real_broker)
+    actor = declare(system_broker)
     send(actor, receiver.url, headers={"Authorization": "Bearer s3cret"})
-    with worker(real_broker, threads=2, queues={QUEUE}):
+    with worker(system_broker, threads=2, queues={QUEUE}):
         assert wait_until(lambda: len(receiver.requests) == 1, 20)
         time.sleep(0.3)
     (request,) = receiver.requests
@@ -100,31 +100,31 @@ def test_a_webhook_is_posted_once_with_its_idempotency_key(
     assert request["headers"]["Idempotency-Key"] == "key-123"
     assert request["headers"]["Authorization"] == "Bearer s3cret"
     assert request["headers"]["Content-Type"] == "application/json"
-    assert dead_letter_store(real_broker).count() == 0
+    assert dead_letter_store(system_broker).count() == 0
 
 
 def test_server_errors_and_timeouts_are_retried_with_the_same_key(
-    real_broker: Broker, receiver: Receiver
+    system_broker: Broker, receiver: Receiver
 ) -> None:
-    actor = declare(real_broker)
+    actor = declare(system_broker)
     receiver.script = [(503, 0, {}), (200, 1.0, {}), (500, 0, {})]  # 2nd attempt times out
     send(actor, receiver.url, timeout_s=0.3)
-    with worker(real_broker, threads=2, queues={QUEUE}):
+    with worker(system_broker, threads=2, queues={QUEUE}):
         assert wait_until(lambda: len(receiver.requests) == 4, 30)
         time.sleep(0.5)
     assert len(receiver.requests) == 4  # 503, timeout, 500, then 200
     assert {r["headers"]["Idempotency-Key"] for r in receiver.requests} == {"key-123"}
-    assert dead_letter_store(real_broker).count() == 0
+    assert dead_letter_store(system_broker).count() == 0
 
 
 def test_a_client_error_is_dead_lettered_without_retries(
-    real_broker: Broker, receiver: Receiver
+    system_broker: Broker, receiver: Receiver
 ) -> None:
-    actor = declare(real_broker)
+    actor = declare(system_broker)
     receiver.script = [(422, 0, {})]
     message = send(actor, receiver.url)
-    store = dead_letter_store(real_broker)
-    with worker(real_broker, threads=2, queues={QUEUE}):
+    store = dead_letter_store(system_broker)
+    with worker(system_broker, threads=2, queues={QUEUE}):
         assert wait_until(lambda: store.count() == 1, 20)
         time.sleep(0.3)
     assert len(receiver.requests) == 1
@@ -133,11 +133,11 @@ def test_a_client_error_is_dead_lettered_without_retries(
     assert "HTTP 422" in record["exc_message"] and record["attempts"] == 1
 
 
-def test_retry_after_sets_the_next_delay(real_broker: Broker, receiver: Receiver) -> None:
-    actor = declare(real_broker)
+def test_retry_after_sets_the_next_delay(system_broker: Broker, receiver: Receiver) -> None:
+    actor = declare(system_broker)
     receiver.script = [(429, 0, {"Retry-After": "1"})]
     send(actor, receiver.url)
-    with worker(real_broker, threads=2, queues={QUEUE}):
+    with worker(system_broker, threads=2, queues={QUEUE}):
         assert wait_until(lambda: len(receiver.requests) == 2, 20)
     first, second = (r["headers"] for r in receiver.requests)
     assert first["Idempotency-Key"] == second["Idempotency-Key"]
@@ -150,10 +150,10 @@ def test_retry_after_parses_seconds_and_dates() -> None:
     assert retry_after_ms("999999") == 3_600_000  # capped at an hour
 
 
-def test_a_bad_url_is_rejected_at_once(real_broker: Broker) -> None:
-    actor = declare(real_broker)
+def test_a_bad_url_is_rejected_at_once(system_broker: Broker) -> None:
+    actor = declare(system_broker)
     message = actor.send("ftp://example.com/x", {}, "k")
-    store = dead_letter_store(real_broker)
-    with worker(real_broker, threads=1, queues={QUEUE}):
+    store = dead_letter_store(system_broker)
+    with worker(system_broker, threads=1, queues={QUEUE}):
         assert wait_until(lambda: store.count() == 1, 20)
     assert store.get(message.message_id)["reason"] == "non_retryable"

@@ -1,0 +1,65 @@
+"""Checks each message as it is sent: JSON encoding, size, and (with a key) its signature.
+
+- **JSON only.** Dramatiq can be switched to ``PickleEncoder``; unpickling runs
+  whatever code the bytes ask for, so anyone who can write to the queue could
+  run code on every worker. jobkit refuses to send with another encoder.
+- **Size.** A message over ``JOBKIT_MAX_MESSAGE_BYTES`` (1 MiB; ``0`` for no
+  limit) fails the send with one line naming the actor; pass a reference (a
+  path, a URL, a row id) instead of the data. Consumers apply the same limit
+  to what they fetch, and dead-letter a larger one as ``too_large``.
+- **Signature.** With ``JOBKIT_SIGNING_KEY``, each message is signed here and
+  checked by consumers (``brokers.signing``).
+"""
+
+from __future__ import annotations
+
+from dramatiq import Broker, Message, Middleware, get_encoder
+from dramatiq.encoder import JSONEncoder
+from dramatiq.middleware import MiddlewareError
+
+from brokers.decoding import MAX_BYTES_ENV, MessageRules
+from brokers.errors import BrokerConfigError, JobkitError
+from brokers.signing import SIGNATURE
+
+
+class MessageTooLarge(JobkitError, MiddlewareError, ValueError):
+    """A message is over the size limit; it was not sent."""
+
+
+class UnsafeEncoder(BrokerConfigError, MiddlewareError):
+    """Dramatiq's encoder is not JSON."""
+
+
+def check_encoder() -> None:
+    """Refuse any encoder but JSON (see the module docstring)."""
+    encoder = get_encoder()
+    if not isinstance(encoder, JSONEncoder):
+        raise UnsafeEncoder(
+            f"jobkit sends JSON only, but Dramatiq's encoder is {type(encoder).__name__}: "
+            "a pickled message would run any code its sender chose on every worker; "
+            "remove the dramatiq.set_encoder(...) call"
+        )
+
+
+class MessageGuard(Middleware):
+    """Enforces :class:`MessageRules` on every message sent (``before_enqueue``)."""
+
+    def __init__(self, rules: MessageRules | None = None) -> None:
+        self.rules = rules or MessageRules.from_env()
+
+    def before_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
+        encoder = get_encoder()
+        if type(encoder) is not JSONEncoder:
+            check_encoder()
+        signer = self.rules.signer
+        if signer is not None:
+            message.options[SIGNATURE] = signer.sign(message.asdict())
+        limit = self.rules.max_bytes
+        if limit:
+            size = len(encoder.encode(message.asdict()))
+            if size > limit:
+                raise MessageTooLarge(
+                    f"job {message.actor_name} to queue {message.queue_name!r} is {size:,} bytes, "
+                    f"over the {limit:,}-byte limit ({MAX_BYTES_ENV}); send a reference to the "
+                    "data (a path, a URL, a row id) instead of the data"
+                )
