@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): each has its own Redis database and RabbitMQ vhost.
+TEST_PROCESSES ?= 2
 
 .PHONY: demo test lint services venv clean
 
@@ -25,7 +27,7 @@ services:
 
 # pytest exits 5 when it collected no test: that is a failure of the suite.
 test: venv services
-	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(PY) -m pytest -n $(TEST_PROCESSES) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest ran no test" >&2; exit 1; fi; \
 	exit $$rc
 

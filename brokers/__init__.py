@@ -100,7 +100,7 @@ def use_state(broker: Broker) -> None:
 
     client, reason = state_client(broker)
     for middleware in broker.middleware:
-        if hasattr(middleware, "use_store"):  # RateLimits, PeriodicTicks
+        if hasattr(middleware, "use_store"):  # RateLimits, PeriodicTicks, CrashLoops
             middleware.use_store(client, reason)
     use_dead_letter_store(broker, client, reason)
 

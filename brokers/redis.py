@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,12 +32,19 @@ from middleware.priorities import LEVELS, PriorityConfig
 from .bulk import BulkSendError, batches
 from .dead_letters import keep_failed, keep_undecodable
 from .decoding import MessageRules, UndecodableMessage, decode_message
-from .errors import BrokerUnavailable
+from .errors import BrokerConfigError, BrokerUnavailable
 from .hooks import CachedHooks
 from .stats import QueueDepth
 from .urls import mask_url
 
 logger = logging.getLogger("jobkit.brokers.redis")
+
+HEARTBEAT_TIMEOUT_ENV = "JOBKIT_HEARTBEAT_TIMEOUT_MS"
+#: Dramatiq's own default: a worker silent this long is dead and its jobs go back.
+DEFAULT_HEARTBEAT_TIMEOUT_MS = 60_000
+MIN_HEARTBEAT_TIMEOUT_MS = 1_000
+#: How often each worker process looks for dead workers (less when the timeout is short).
+SWEEP_INTERVAL_S = 5.0
 
 NAMESPACE = "dramatiq"
 DISPATCH_SCRIPT = (Path(__file__).parent / "lua" / "dispatch.lua").read_bytes()
@@ -67,6 +76,10 @@ class PriorityRedisBroker(CachedHooks, RedisBroker):
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
         return PriorityRedisConsumer
+
+    def _should_do_maintenance(self, command: str) -> int:
+        # A sweep is maintenance and nothing else; other calls keep Dramatiq's chance.
+        return 1 if command == "sweep" else super()._should_do_maintenance(command)
 
     def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
         # Dramatiq's RedisBroker.enqueue, plus the level's list, read after
@@ -152,14 +165,18 @@ class PriorityRedisBroker(CachedHooks, RedisBroker):
             *args,
         ]
 
-    def do_fetch(self, queue_name: str, count: int) -> list[tuple[bytes, bytes | None]]:
-        """Up to ``count`` (redis id, payload) pairs; payload ``None`` if the id has none."""
+    def do_fetch(self, queue_name: str, count: int) -> list[tuple[bytes, bytes | None, int]]:
+        """Up to ``count`` (redis id, payload, redeliveries) triples.
+
+        The payload is ``None`` if the id has none; redeliveries counts the
+        times a dead worker's hold on the message was given back.
+        """
         fetch = self._dispatch("fetch")
         if self.priority_config.mode == "weighted":
             flat = fetch(queue_name, count, "weighted", random.getrandbits(31), *self._weights)
         else:
             flat = fetch(queue_name, count, "strict")
-        return list(zip(flat[::2], flat[1::2], strict=True))
+        return [(flat[i], flat[i + 1], int(flat[i + 2] or 0)) for i in range(0, len(flat), 3)]
 
     def requeue_ids(self, queue_name: str, ids_and_levels: list[tuple[str | bytes, Any]]) -> None:
         """Put fetched ids back at the head of their level lists, in the given order."""
@@ -172,6 +189,14 @@ class PriorityRedisBroker(CachedHooks, RedisBroker):
             self._dispatch("requeue")(queue_name, *args)
 
 
+class RedisMessage(MessageProxy):
+    """A fetched message, and whether a dead worker held it before (as RabbitMQ's flag)."""
+
+    def __init__(self, message: Message, *, redelivered: bool) -> None:
+        super().__init__(message)
+        self.redelivered = redelivered
+
+
 class PriorityRedisConsumer(_RedisConsumer):
     """Requeues to the right level list; dead-letters what it cannot decode and what fails.
 
@@ -181,13 +206,13 @@ class PriorityRedisConsumer(_RedisConsumer):
     message goes to jobkit's dead-letter store (``brokers.dead_letters``).
     """
 
-    message_cache: list[tuple[bytes, bytes | None]]
+    message_cache: list[tuple[bytes, bytes | None, int]]
 
     def __next__(self) -> MessageProxy | None:
         try:
             while True:
                 try:
-                    redis_id, data = self.message_cache.pop(0)
+                    redis_id, data, redeliveries = self.message_cache.pop(0)
                 except IndexError:
                     fetched = []
                     if self.outstanding_message_count < self.prefetch:
@@ -206,19 +231,21 @@ class PriorityRedisConsumer(_RedisConsumer):
                 try:
                     message = decode_message(data, self.broker.message_rules)
                 except UndecodableMessage as error:
-                    self._keep_undecodable(redis_id, data, error)
+                    self._keep_undecodable(redis_id, data, redeliveries, error)
                     continue
                 message.options["redis_message_id"] = redis_id.decode()
                 self.queued_message_ids.add(message.message_id)
-                return MessageProxy(message)
+                return RedisMessage(message, redelivered=redeliveries > 0)
         except redis.ConnectionError as error:
             raise ConnectionClosed(error) from None
 
-    def _keep_undecodable(self, redis_id: bytes, data: bytes | None, error: Exception) -> None:
+    def _keep_undecodable(
+        self, redis_id: bytes, data: bytes | None, redeliveries: int, error: Exception
+    ) -> None:
         # An id pushed straight onto the list has no payload: the id is what was written.
         raw = data if data is not None else redis_id
         if not keep_undecodable(self.broker, self.queue_name, raw, error):
-            self.message_cache.insert(0, (redis_id, data))  # close() gives it back
+            self.message_cache.insert(0, (redis_id, data, redeliveries))  # close() gives it back
             raise ConnectionClosed(redis.ConnectionError("dead-letter store unavailable"))
         self.broker.do_ack(self.queue_name, redis_id)  # type: ignore[arg-type] - bytes: may not be UTF-8
 
@@ -237,7 +264,7 @@ class PriorityRedisConsumer(_RedisConsumer):
         # leaving them to dead-worker recovery; give them back now instead.
         cached, self.message_cache = self.message_cache, []
         pairs = []
-        for redis_id, data in cached:
+        for redis_id, data, _ in cached:
             try:
                 level = decode_message(data).options.get("priority")
             except UndecodableMessage:
@@ -248,15 +275,36 @@ class PriorityRedisConsumer(_RedisConsumer):
         super().close()
 
 
+def heartbeat_timeout_ms() -> int:
+    """How long a silent worker counts as alive (``JOBKIT_HEARTBEAT_TIMEOUT_MS``)."""
+    raw = os.environ.get(HEARTBEAT_TIMEOUT_ENV, "").strip()
+    try:
+        value = int(raw) if raw else DEFAULT_HEARTBEAT_TIMEOUT_MS
+    except ValueError:
+        value = 0
+    if value < MIN_HEARTBEAT_TIMEOUT_MS:
+        raise BrokerConfigError(
+            f"{HEARTBEAT_TIMEOUT_ENV}={raw!r}: milliseconds, at least {MIN_HEARTBEAT_TIMEOUT_MS} "
+            "(a busy worker must not look dead)"
+        )
+    return value
+
+
 def build_redis_broker(
     url: str, middleware: list[Middleware], priority_config: PriorityConfig
 ) -> PriorityRedisBroker:
     """A priority-aware RedisBroker for ``url`` (redis://, rediss:// or unix://); lazy connect."""
+    timeout_ms = heartbeat_timeout_ms()
     return PriorityRedisBroker(
         url=url,
         namespace=NAMESPACE,
-        middleware=[*middleware, RedisSettingsCheck()],
+        middleware=[
+            *middleware,
+            DeadWorkerSweep(interval_s=min(SWEEP_INTERVAL_S, timeout_ms / 2000)),
+            RedisSettingsCheck(),
+        ],
         priority_config=priority_config,
+        heartbeat_timeout=timeout_ms,
     )
 
 
@@ -280,6 +328,47 @@ def unsafe_settings(client: redis.Redis) -> list[str]:
             "queued job; set appendonly yes (appendfsync everysec loses at most ~1 s)"
         )
     return problems
+
+
+class DeadWorkerSweep(Middleware):
+    """Gives a dead worker's jobs back every few seconds, instead of by chance.
+
+    Dramatiq returns the unacked jobs of a worker whose heartbeat stopped only
+    in "maintenance", which runs on a random 0.1% of broker calls: with an idle
+    fleet that can take many minutes. Each worker process runs maintenance on
+    every queue it knows every ``interval_s`` instead, so a SIGKILLed worker's
+    jobs run again within the heartbeat timeout plus that interval.
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        self._stopping.clear()
+        self._thread = threading.Thread(
+            target=self._run, args=(broker,), name="jobkit-dead-worker-sweep", daemon=True
+        )
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        self._stopping.set()
+
+    def _run(self, broker: Broker) -> None:
+        while not self._stopping.wait(self.interval_s):
+            try:
+                sweep(broker)  # type: ignore[arg-type]
+            except redis.RedisError as error:
+                logger.warning(
+                    "dead-worker sweep failed (next in %.0f s): %s", self.interval_s, error
+                )
+
+
+def sweep(broker: PriorityRedisBroker) -> None:
+    """Requeue the unacked jobs of every dead worker, on every queue this broker knows."""
+    for queue_name in sorted(broker.get_declared_queues() | broker.get_declared_delay_queues()):
+        broker.do_sweep(queue_name)
 
 
 class RedisSettingsCheck(Middleware):

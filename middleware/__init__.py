@@ -13,6 +13,7 @@ from dramatiq.middleware import default_middleware
 
 from brokers.decoding import MessageRules
 
+from .crash_loops import CrashLoops
 from .dead_letters import DeadLetters
 from .job_logging import JobLogging
 from .load_throttle import LoadThrottle
@@ -33,7 +34,8 @@ def build_stack(
     message's validated level; then Dramatiq's defaults (AgeLimit, TimeLimit,
     ShutdownNotifications, Callbacks, Pipelines, Retries); then periodiq's
     middleware and ``PeriodicTicks``, so a stale or duplicate tick is skipped
-    before anything else looks at it; then ``RateLimits``,
+    before anything else looks at it; ``CrashLoops``, so a job that keeps
+    killing its worker is dead-lettered before it starts again; then ``RateLimits``,
     so a job too old for AgeLimit is dead-lettered rather than deferred; then
     ``JobLogging``, so ``job.started`` is logged only for a job that will run
     (and, hooks after running in reverse, ``job.failed`` before Retries
@@ -50,6 +52,7 @@ def build_stack(
         *(middleware_class() for middleware_class in default_middleware),
         periodiq_middleware(),
         PeriodicTicks(),
+        CrashLoops(),
         RateLimits(),
         DeadLetters(),
         JobLogging(),

@@ -55,3 +55,13 @@ if ! port_open $RABBIT_PORT; then
     as_root timeout "$WAIT_S" rabbitmqctl -q await_startup >/dev/null 2>&1 || true
 fi
 wait_for rabbitmq rabbit_ok
+
+# The test suite runs in parallel processes (pytest-xdist), each on a vhost of its own.
+if command -v rabbitmqctl >/dev/null; then
+    for n in 1 2 3; do
+        vhost="jobkit-test-gw$n"
+        as_root rabbitmqctl -q add_vhost "$vhost" >/dev/null 2>&1 || true
+        as_root rabbitmqctl -q set_permissions -p "$vhost" guest ".*" ".*" ".*" >/dev/null 2>&1 \
+            || { say "cannot give guest access to vhost $vhost"; exit 1; }
+    done
+fi

@@ -35,8 +35,19 @@ os.environ.pop("JOBKIT_BROKER_URL", None)
 # Workers started by tests leave metrics off unless a test turns them on (one port per host).
 os.environ["JOBKIT_METRICS"] = "off"
 
-REDIS_URL = os.environ.get("JOBKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-RABBITMQ_URL = os.environ.get("JOBKIT_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+#: pytest-xdist runs the suite in parallel processes ("gw0", "gw1", ...); each gets a Redis
+#: database and a RabbitMQ vhost of its own (scripts/ensure-services.sh creates the vhosts).
+XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+#: Database 14 belongs to the benchmark suite's default URL.
+_WORKER_DBS = (15, 13, 12, 11, 10, 9, 8, 7)
+TEST_VHOSTS = tuple(f"jobkit-test-gw{n}" for n in range(1, len(_WORKER_DBS)))
+REDIS_URL = os.environ.get(
+    "JOBKIT_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{_WORKER_DBS[XDIST_WORKER]}"
+)
+RABBITMQ_URL = os.environ.get(
+    "JOBKIT_TEST_RABBITMQ_URL",
+    "amqp://guest:guest@127.0.0.1:5672/" + (TEST_VHOSTS[XDIST_WORKER - 1] if XDIST_WORKER else ""),
+)
 EMBEDDED_URL = f"embedded://{EMBEDDED_HOME}"
 
 # Queues the tests use besides those declared by `actors`; flushed around every test.
@@ -83,6 +94,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """Drop the RabbitMQ test queues, so each run declares them with today's arguments."""
     if "rabbitmq" not in selected_kinds():
         return
+    if getattr(session.config.option, "numprocesses", None) and not hasattr(
+        session.config, "workerinput"
+    ):
+        return  # the xdist controller runs no test; each worker drops its own vhost's queues
     import pika
 
     connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
@@ -157,6 +172,12 @@ def broker(broker_kind: str) -> Iterator[Broker]:
 def real_broker(real_broker_kind: str) -> Iterator[Broker]:
     """A fresh broker of every selected real kind (redis, rabbitmq, embedded)."""
     yield from _fresh(real_broker_kind)
+
+
+@pytest.fixture
+def redis_broker(redis_broker_kind: str) -> Iterator[Broker]:
+    """A fresh Redis or embedded broker (the Redis protocol's internals)."""
+    yield from _fresh(redis_broker_kind)
 
 
 @pytest.fixture

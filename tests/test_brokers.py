@@ -15,7 +15,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from brokers import BrokerUnavailable, build_broker, check_broker, spec_of
 from brokers.rabbitmq import AmqpPriority
-from brokers.redis import RedisSettingsCheck
+from brokers.redis import DeadWorkerSweep, RedisSettingsCheck
 from middleware import build_stack
 from tests.conftest import RABBITMQ_URL, make_broker, url_for
 from tests.support.processes import wait_until, worker
@@ -26,7 +26,8 @@ def test_every_broker_gets_the_full_middleware_stack(broker: Broker) -> None:
     if isinstance(broker, RabbitmqBroker):
         expected.append(AmqpPriority)  # maps the stamped level to the AMQP priority
     if isinstance(broker, RedisBroker):
-        expected.append(RedisSettingsCheck)  # warns about settings that can lose jobs
+        # Gives a dead worker's jobs back; warns about settings that can lose jobs.
+        expected += [DeadWorkerSweep, RedisSettingsCheck]
     assert [type(m) for m in broker.middleware] == expected
     # Options of Dramatiq's default middleware are accepted at declaration.
     assert {"max_retries", "time_limit", "max_age", "retry_when"} <= broker.actor_options

@@ -309,8 +309,10 @@ def test_dead_worker_recovery_returns_jobs_to_their_level(redis_broker_kind: str
     survivor.maintenance_chance = 1_000_000  # run recovery on this call
     time.sleep(0.01)
     fetched = survivor.do_fetch("jobkit-test", 10)
-    levels = [dramatiq.Message.decode(data).options["priority"] for _, data in fetched]
+    levels = [dramatiq.Message.decode(data).options["priority"] for _, data, _ in fetched]
     assert levels == ["critical"] * 3 + ["low"] * 3
+    # The four the dead worker held are marked as given back once; the other two are not.
+    assert sorted(redeliveries for _, _, redeliveries in fetched) == [0, 0, 1, 1, 1, 1]
     flush(survivor)
 
 

@@ -160,7 +160,9 @@ def test_a_20_per_second_limit_holds_across_two_worker_processes(
     assert len(ends) == jobs and not any(e["failed"] for e in ends)
     assert all(e["retries"] == 0 for e in starts), "a deferral consumed a retry"
     assert sum(e["deferrals"] for e in starts) > 0, "nothing was over the limit"
-    assert 18.0 <= _rate([e["t"] for e in starts]) <= 22.0
+    # Never over the limit (10% slack for timing); under a loaded machine deferred jobs
+    # start late, which only lowers the rate.
+    assert 16.0 <= _rate([e["t"] for e in starts]) <= 22.0
     log = worker_log.read_text()
     assert "[ERROR]" not in log and "[CRITICAL]" not in log and "was skipped" not in log
 

@@ -85,6 +85,8 @@ end
 local queue_acks = acks .. "." .. queue_name
 local queue_full_name = namespace .. ":" .. queue_name
 local queue_messages = queue_full_name .. ".msgs"
+-- jobkit: id -> how many times a dead worker's unacked message was given back.
+local queue_redeliveries = queue_full_name .. ".redelivered"
 local xqueue_full_name = namespace .. ":" .. queue_canonical_name .. ".XQ"
 local xqueue_messages = xqueue_full_name .. ".msgs"
 
@@ -157,6 +159,7 @@ if do_maintenance == "1" then
                 local message_data = redis.call("hget", queue_messages, message_id)
                 if message_data then
                     redis.call("rpush", list_for_message(message_data), message_id)
+                    redis.call("hincrby", queue_redeliveries, message_id, 1)
                 end
             end
             redis.call("del", dead_worker_queue_acks)
@@ -275,17 +278,20 @@ elseif command == "fetch" then
         end
     end
 
-    -- Pairs of (id, payload): a consumer can ack or dead-letter an id whose
-    -- payload is missing or not a message (payload false -> nil).
-    local pairs = {}
+    -- Triples of (id, payload, redeliveries): a consumer can ack or dead-letter
+    -- an id whose payload is missing or not a message (payload false -> nil),
+    -- and knows which messages a dead worker held (redeliveries false -> nil).
+    local triples = {}
     if next(message_ids) ~= nil then
         local payloads = redis.call("hmget", queue_messages, unpack(message_ids))
+        local redeliveries = redis.call("hmget", queue_redeliveries, unpack(message_ids))
         for i, message_id in ipairs(message_ids) do
-            pairs[2 * i - 1] = message_id
-            pairs[2 * i] = payloads[i]
+            triples[3 * i - 2] = message_id
+            triples[3 * i - 1] = payloads[i]
+            triples[3 * i] = redeliveries[i]
         end
     end
-    return pairs
+    return triples
 
 
 -- Moves fetched-but-not-processed messages back to their queues on
@@ -315,6 +321,7 @@ elseif command == "ack" then
 
     if redis.call("srem", queue_acks, message_id) > 0 then
         redis.call("hdel", queue_messages, message_id)
+        redis.call("hdel", queue_redeliveries, message_id)
     end
 
 
@@ -331,12 +338,13 @@ elseif command == "nack" then
             redis.call("hset", xqueue_messages, message_id, message)
             redis.call("hdel", queue_messages, message_id)
         end
+        redis.call("hdel", queue_redeliveries, message_id)
     end
 
 
 -- Removes all messages from a queue.
 elseif command == "purge" then
-    redis.call("del", queue_full_name, queue_acks, queue_messages, xqueue_full_name, xqueue_messages)
+    redis.call("del", queue_full_name, queue_acks, queue_messages, xqueue_full_name, xqueue_messages, queue_redeliveries)
     for _, suffix in ipairs(LEVEL_SUFFIXES) do
         if suffix ~= "" then
             redis.call("del", queue_full_name .. suffix)
@@ -345,6 +353,10 @@ elseif command == "purge" then
 
 
 -- Used in tests to determine the size of the queue and its connected delay queue.
+-- Runs nothing but the maintenance above (jobkit's periodic dead-worker sweep).
+elseif command == "sweep" then
+    return nil
+
 elseif command == "qsize" then
     local q_aks = acks .. "." .. queue_canonical_name
     local q_fn = namespace .. ":" .. queue_canonical_name

@@ -118,6 +118,11 @@ def run(args: argparse.Namespace) -> int:
 
     previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
+        # Actors read their limits when declared: the demo's must be set before the import.
+        os.environ.update(DEMO_SETTINGS)
+        import actors
+
+        check_broker(actors.broker)  # a dead broker stops the demo before it writes anything
         out = Outputs(_fresh_directory(args.output))
         summary = _run_tour(args, out, worker_env)
         summary["broker"] = spec.display_url
@@ -165,13 +170,8 @@ def _run_tour(args: argparse.Namespace, out: Outputs, worker_env: dict[str, str]
         "JOBKIT_SCRAPE_DIR": str(out.scraped),
         "JOBKIT_REPORT_DIR": str(out.reports),
     }
-    os.environ.update(DEMO_SETTINGS)
     worker_env.update(settings)
     worker_env.pop("JOBKIT_SMTP_URL", None)  # the demo's emails go to the outbox, never out
-
-    import actors
-
-    check_broker(actors.broker)
     samples = make_samples(out.root / "samples")
     tracker = Tracker(out.root / "workers.log")
     started = time.monotonic()

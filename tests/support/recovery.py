@@ -1,0 +1,33 @@
+"""A job that blocks while a flag file exists, for tests that kill workers mid-job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import dramatiq
+from dramatiq import Actor, Broker
+
+QUEUE = "jobkit-test"
+BLOCK_FLAG_ENV = "JOBKIT_TEST_BLOCK_FLAG"
+
+
+def declare_blocking(broker: Broker) -> Actor:
+    def blocking(n: int) -> None:
+        """Returns at once, or once the flag file is gone (at most 60 s)."""
+        flag = Path(os.environ.get(BLOCK_FLAG_ENV, "/nonexistent"))
+        deadline = time.monotonic() + 60
+        while flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    return dramatiq.actor(blocking, broker=broker, queue_name=QUEUE, max_retries=0)
+
+
+def declare_suicidal(broker: Broker) -> Actor:
+    def suicidal(n: int) -> None:
+        """Kills the worker process running it, as a segfault or the OOM killer would."""
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return dramatiq.actor(suicidal, broker=broker, queue_name=QUEUE, max_retries=0)
