@@ -21,13 +21,20 @@ from dramatiq.brokers.redis import RedisBroker
 # Submodules that import middleware are imported inside functions: middleware
 # imports brokers.errors, and must not find this package half-initialised.
 from .bulk import BulkSendError, send_many
-from .errors import BrokerConfigError, BrokerUnavailable, EmbeddedServerError, JobkitError
+from .errors import (
+    BrokerConfigError,
+    BrokerFull,
+    BrokerUnavailable,
+    EmbeddedServerError,
+    JobkitError,
+)
 from .stats import QueueDepth
 from .urls import BROKER_URL_ENV, BrokerSpec, mask_url, parse_broker_url, spec_from_env
 
 __all__ = [
     "BROKER_URL_ENV",
     "BrokerConfigError",
+    "BrokerFull",
     "BrokerSpec",
     "BrokerUnavailable",
     "BulkSendError",

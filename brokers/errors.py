@@ -15,3 +15,7 @@ class BrokerUnavailable(JobkitError, ConnectionError):
 
 class EmbeddedServerError(JobkitError, RuntimeError):
     """The embedded Valkey server could not be started, reached or stopped."""
+
+
+class BrokerFull(JobkitError, RuntimeError):
+    """The broker refused a message for lack of memory; nothing was enqueued."""

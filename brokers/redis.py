@@ -32,7 +32,7 @@ from middleware.priorities import LEVELS, PriorityConfig
 from .bulk import BulkSendError, batches
 from .dead_letters import keep_failed, keep_undecodable
 from .decoding import MessageRules, UndecodableMessage, decode_message
-from .errors import BrokerConfigError, BrokerUnavailable
+from .errors import BrokerConfigError, BrokerFull, BrokerUnavailable
 from .hooks import CachedHooks
 from .stats import QueueDepth
 from .urls import mask_url
@@ -86,9 +86,18 @@ class PriorityRedisBroker(CachedHooks, RedisBroker):
         # before_enqueue has validated and stamped it.
         message = self._prepare(message, delay)
         suffix = "" if delay is not None else level_suffix(message.options.get("priority"))
-        self.do_enqueue(
-            message.queue_name, message.options["redis_message_id"], message.encode(), suffix
-        )
+        try:
+            self.do_enqueue(
+                message.queue_name, message.options["redis_message_id"], message.encode(), suffix
+            )
+        except redis.ResponseError as error:
+            if is_out_of_memory(error):
+                raise BrokerFull(
+                    f"Redis refused job {message.actor_name} {message.message_id} on queue "
+                    f"{message.queue_name!r}: it is at its maxmemory limit, so nothing was "
+                    "enqueued (jobs already queued are kept); free memory or raise maxmemory"
+                ) from None
+            raise
         self.emit_after("enqueue", message, delay)
         return message
 
@@ -306,6 +315,11 @@ def build_redis_broker(
         priority_config=priority_config,
         heartbeat_timeout=timeout_ms,
     )
+
+
+def is_out_of_memory(error: redis.ResponseError) -> bool:
+    """Redis refused a write at ``maxmemory`` (with ``noeviction``)."""
+    return isinstance(error, redis.exceptions.OutOfMemoryError) or str(error).startswith("OOM")
 
 
 def unsafe_settings(client: redis.Redis) -> list[str]:

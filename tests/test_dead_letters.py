@@ -211,11 +211,11 @@ def test_garbage_in_a_queue_is_dead_lettered_and_the_worker_goes_on(
     runs = Runs()
     runs.fixed = True
     good = declare_failing(real_broker, runs)
-    real_broker.declare_queue(QUEUE)
+    # Sending declares the queue (RabbitMQ declares lazily), before the raw bytes go in.
+    real_broker.enqueue(Message(QUEUE, "no_such_actor", (), {}, {}))
     wrong_shape = json.dumps({**Message(QUEUE, "x", (), {}, {}).asdict(), "args": "abc"})
     garbage = [b"\x00\xffnot json at all", wrong_shape.encode()]
     push_raw(real_broker, garbage)
-    real_broker.enqueue(Message(QUEUE, "no_such_actor", (), {}, {}))
     sent = [good.send(n) for n in range(5)]
     store = dead_letter_store(real_broker)
 
@@ -253,8 +253,10 @@ def push_raw(broker: Broker, bodies: list[bytes]) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
     try:
         channel = connection.channel()
+        # Confirmed and mandatory: a queue the broker has not declared yet fails loudly.
+        channel.confirm_delivery()
         for body in bodies:
-            channel.basic_publish("", QUEUE, body)
+            channel.basic_publish("", QUEUE, body, mandatory=True)
     finally:
         connection.close()
 

@@ -7,15 +7,17 @@ import signal
 import time
 from pathlib import Path
 
+import dramatiq
 import pytest
 from dramatiq import Broker
 
+from brokers import BrokerFull, build_broker
 from brokers.dead_letters import dead_letter_store
 from brokers.errors import BrokerConfigError
 from brokers.redis import heartbeat_timeout_ms
 from tests.conftest import env_for, url_for
 from tests.support import job_log
-from tests.support.processes import child_env, start_dramatiq, stop_group, wait_until
+from tests.support.processes import child_env, start_dramatiq, stop_group, wait_until, worker
 from tests.support.recovery import BLOCK_FLAG_ENV, QUEUE, declare_blocking, declare_suicidal
 
 HEARTBEAT_TIMEOUT_MS = 3000
@@ -74,6 +76,7 @@ def test_a_sigkilled_workers_jobs_run_again_within_the_heartbeat_timeout(
     again = [e for e in _starts(log_path) if e["t"] > killed_at]
     assert sorted(e["args"][0] for e in again) == [0, 1]
     recovered_s = max(e["t"] for e in again) - killed_at
+    print(f"jobs of the killed worker ran again {recovered_s:.1f} s after the kill")
     assert recovered_s <= limit_s, f"jobs ran again {recovered_s:.1f} s after the kill"
 
 
@@ -119,3 +122,32 @@ def test_a_job_that_kills_its_worker_is_dead_lettered_after_three_crashes(
     starts = [e for e in _starts(log_path) if e["actor"] == "suicidal"]
     assert len(starts) == 3  # three crashes, then dead-lettered without running
     assert [e["args"] for e in _ends(log_path)] == [[2]]
+
+
+def test_at_maxmemory_a_send_fails_clearly_and_nothing_accepted_is_lost(home: Path) -> None:
+    """On an embedded server of its own, so the limit touches no other test."""
+    broker = build_broker(f"embedded://{home}")
+    try:
+        client = broker.client
+        runs: list[int] = []
+
+        def job(n: int, padding: str) -> None:
+            runs.append(n)
+
+        actor = dramatiq.actor(job, broker=broker, queue_name=QUEUE)
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory", used + 200_000)
+        accepted = []
+        with pytest.raises(BrokerFull) as refused:
+            for n in range(100_000):  # bounded: 200 kB fill in well under that
+                actor.send(n, "x" * 1000)
+                accepted.append(n)
+        assert "at its maxmemory limit, so nothing was enqueued" in str(refused.value)
+        assert "\n" not in str(refused.value)
+        client.config_set("maxmemory", 0)
+        with worker(broker, threads=4, queues={QUEUE}):
+            assert wait_until(lambda: len(runs) == len(accepted), 60)
+        assert sorted(runs) == accepted  # every job the broker accepted ran, once
+    finally:
+        broker.client.config_set("maxmemory", 0)
+        broker.close()

@@ -31,3 +31,11 @@ def declare_suicidal(broker: Broker) -> Actor:
         os.kill(os.getpid(), signal.SIGKILL)
 
     return dramatiq.actor(suicidal, broker=broker, queue_name=QUEUE, max_retries=0)
+
+
+def declare_sleepy(broker: Broker) -> Actor:
+    def sleepy(n: int, ms: int) -> None:
+        """Stands in for I/O: sleeps ``ms`` milliseconds."""
+        time.sleep(ms / 1000)
+
+    return dramatiq.actor(sleepy, broker=broker, queue_name=QUEUE, max_retries=3)

@@ -1,0 +1,72 @@
+"""Loss and duplicate accounting for fault tests, kept outside the broker under test.
+
+The test records every message id it sent (and whether ``send`` succeeded);
+workers record each start and end through ``tests.support.job_log.JobLog``.
+After the run, :func:`account` scans the queue (ready, delayed, in flight) and
+the dead-letter store, and says what became of each accepted message.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dramatiq import Broker
+
+from brokers import queue_depths
+from brokers.dead_letters import dead_letter_store
+from tests.support import job_log
+
+
+@dataclass
+class Ledger:
+    """What the test sent: ids the broker accepted, and how many sends failed."""
+
+    accepted: set[str] = field(default_factory=set)
+    send_failures: int = 0
+
+
+@dataclass(frozen=True)
+class Accounting:
+    accepted: int
+    finished: int
+    #: Accepted, never finished, not dead-lettered and not waiting anywhere.
+    lost: list[str]
+    #: Message id -> times it finished, for those that finished more than once.
+    duplicated: dict[str, int]
+    #: Messages still ready, delayed or in flight.
+    stuck: int
+    dead_lettered: int
+
+    def summary(self) -> str:
+        return (
+            f"accepted {self.accepted}, finished {self.finished}, lost {len(self.lost)}, "
+            f"duplicated {sum(n - 1 for n in self.duplicated.values())}, stuck {self.stuck}, "
+            f"dead-lettered {self.dead_lettered}"
+        )
+
+
+def finished(log_path: Path) -> Counter[str]:
+    return Counter(e["id"] for e in job_log.read(log_path) if e["event"] == "end")
+
+
+def account(ledger: Ledger, log_path: Path, broker: Broker, queue: str) -> Accounting:
+    ends = finished(log_path)
+    dead = {record["id"] for record in dead_letter_store(broker).iter()}
+    (depth,) = (d for d in queue_depths(broker, {queue}) if d.queue == queue)
+    stuck = depth.ready + depth.delayed + (depth.in_flight or 0)
+    return Accounting(
+        accepted=len(ledger.accepted),
+        finished=sum(1 for message_id in ledger.accepted if ends[message_id]),
+        lost=sorted(
+            message_id
+            for message_id in ledger.accepted
+            if not ends[message_id] and message_id not in dead
+        )
+        if stuck == 0
+        else [],
+        duplicated={i: n for i, n in ends.items() if n > 1 and i in ledger.accepted},
+        stuck=stuck,
+        dead_lettered=len(dead & ledger.accepted),
+    )

@@ -1,0 +1,124 @@
+"""Faults under load, with loss and duplicate accounting (bounded versions, part of make test).
+
+Each test sends jobs while a worker group runs them, injects one fault, lets a
+second group (or the same, after the broker comes back) finish, and accounts
+for every message the broker accepted: lost, duplicated, stuck, dead-lettered.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from dramatiq import Broker
+
+from brokers import build_broker, embedded
+from brokers.dead_letters import dead_letter_store
+from tests.conftest import env_for, flush, url_for
+from tests.faults.ledger import Accounting, Ledger, account, finished
+from tests.support.processes import child_env, start_dramatiq, stop_group, wait_until
+from tests.support.recovery import QUEUE, declare_sleepy
+
+JOBS = 200
+WORK_MS = 20
+THREADS = 4
+#: Dramatiq fetches up to twice its threads ahead.
+PREFETCH = 2 * THREADS
+
+pytestmark = pytest.mark.slow
+
+
+def run_with_fault(
+    broker: Broker, url: str, env: dict[str, str], tmp_path: Path,
+    fault: Callable[[subprocess.Popen[bytes]], None], *, restart_workers: bool = True,
+) -> Accounting:  # fmt: skip
+    log_path = tmp_path / "jobs.jsonl"
+    env = child_env(
+        url, JOBKIT_TEST_JOB_LOG=str(log_path), JOBKIT_HEARTBEAT_TIMEOUT_MS="2000", **env
+    )
+    sleepy = declare_sleepy(broker)
+    ledger = Ledger()
+    store = dead_letter_store(broker)
+
+    def workers(name: str) -> subprocess.Popen[bytes]:
+        return start_dramatiq(
+            "tests.support.recovery_worker", "-p", "1", "-t", str(THREADS), "-Q", QUEUE,
+            env=env, log=tmp_path / f"{name}.log",
+        )  # fmt: skip
+
+    def settled() -> bool:
+        ends = finished(log_path)
+        dead = {r["id"] for r in store.iter()}
+        return all(ends[i] or i in dead for i in ledger.accepted)
+
+    group = workers("first")
+    try:
+        for n in range(JOBS):
+            try:
+                ledger.accepted.add(sleepy.send(n, WORK_MS).message_id)
+            except Exception:  # noqa: BLE001 - a refused send is counted, not fatal
+                ledger.send_failures += 1
+        assert wait_until(lambda: len(finished(log_path)) >= JOBS // 4, 60)
+        fault(group)
+        if restart_workers:
+            stop_group(group, timeout=10)
+            group = workers("second")
+        assert wait_until(settled, 90), (tmp_path / "first.log").read_text()[-2000:]
+    finally:
+        stop_group(group, timeout=10)
+    result = account(ledger, log_path, broker, QUEUE)
+    print(result.summary())
+    return result
+
+
+def test_kill_9_of_a_worker_under_load_loses_nothing(
+    real_broker: Broker, real_broker_kind: str, tmp_path: Path
+) -> None:
+    def kill_9(group: subprocess.Popen[bytes]) -> None:
+        os.killpg(group.pid, signal.SIGKILL)
+        group.wait(10)
+
+    result = run_with_fault(
+        real_broker, url_for(real_broker_kind), env_for(real_broker_kind), tmp_path, kill_9
+    )
+    assert result.lost == [] and result.stuck == 0 and result.dead_lettered == 0
+    assert result.finished == result.accepted == JOBS
+    # Only jobs running (or done but not yet acked) when the worker died run twice.
+    assert sum(n - 1 for n in result.duplicated.values()) <= THREADS + PREFETCH
+
+
+def test_sigterm_under_load_loses_nothing_and_runs_nothing_twice(
+    real_broker: Broker, real_broker_kind: str, tmp_path: Path
+) -> None:
+    def sigterm(group: subprocess.Popen[bytes]) -> None:
+        stop_group(group, timeout=20)  # SIGTERM: running jobs finish, fetched ones go back
+
+    result = run_with_fault(
+        real_broker, url_for(real_broker_kind), env_for(real_broker_kind), tmp_path, sigterm
+    )
+    assert result.lost == [] and result.stuck == 0 and result.duplicated == {}
+    assert result.finished == result.accepted == JOBS
+
+
+def test_an_embedded_server_restart_during_processing_loses_nothing(
+    home: Path, tmp_path: Path
+) -> None:
+    url = f"embedded://{home}"
+    broker = build_broker(url)
+    flush(broker)
+
+    def restart_server(group: subprocess.Popen[bytes]) -> None:
+        embedded.stop(home)  # a clean shutdown writes the AOF
+        embedded.ensure_server(home)
+
+    try:
+        result = run_with_fault(broker, url, {}, tmp_path, restart_server, restart_workers=False)
+    finally:
+        broker.close()
+    assert result.lost == [] and result.stuck == 0
+    assert result.finished == result.accepted == JOBS
+    assert sum(n - 1 for n in result.duplicated.values()) <= THREADS + PREFETCH
