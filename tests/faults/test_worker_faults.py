@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -119,6 +120,49 @@ def test_an_embedded_server_restart_during_processing_loses_nothing(
         result = run_with_fault(broker, url, {}, tmp_path, restart_server, restart_workers=False)
     finally:
         broker.close()
+    assert result.lost == [] and result.stuck == 0
+    assert result.finished == result.accepted == JOBS
+    assert sum(n - 1 for n in result.duplicated.values()) <= THREADS + PREFETCH
+
+
+def test_a_stalled_worker_s_jobs_run_elsewhere_and_duplicates_are_bounded(
+    redis_broker: Broker, redis_broker_kind: str, tmp_path: Path
+) -> None:
+    """``kill -STOP`` past the heartbeat timeout, then ``-CONT``: both ran some jobs."""
+    log_path = tmp_path / "jobs.jsonl"
+    env = child_env(
+        url_for(redis_broker_kind),
+        JOBKIT_TEST_JOB_LOG=str(log_path),
+        JOBKIT_HEARTBEAT_TIMEOUT_MS="2000",
+    )
+    sleepy = declare_sleepy(redis_broker)
+    ledger = Ledger()
+    groups = []
+
+    def workers(name: str) -> subprocess.Popen[bytes]:
+        group = start_dramatiq(
+            "tests.support.recovery_worker", "-p", "1", "-t", str(THREADS), "-Q", QUEUE,
+            env=env, log=tmp_path / f"{name}.log",
+        )  # fmt: skip
+        groups.append(group)
+        return group
+
+    try:
+        stalled = workers("stalled")
+        ledger.accepted.update(sleepy.send(n, WORK_MS).message_id for n in range(JOBS))
+        assert wait_until(lambda: len(finished(log_path)) >= JOBS // 4, 60)
+        os.killpg(stalled.pid, signal.SIGSTOP)
+        workers("healthy")
+        # Past the heartbeat timeout, the healthy group takes over the stalled one's jobs.
+        assert wait_until(lambda: len(finished(log_path)) >= JOBS, 60)
+        os.killpg(stalled.pid, signal.SIGCONT)
+        time.sleep(2)  # the stalled group finishes what it held
+    finally:
+        for group in groups:
+            os.killpg(group.pid, signal.SIGCONT)
+            stop_group(group, timeout=10)
+    result = account(ledger, log_path, redis_broker, QUEUE)
+    print(result.summary())
     assert result.lost == [] and result.stuck == 0
     assert result.finished == result.accepted == JOBS
     assert sum(n - 1 for n in result.duplicated.values()) <= THREADS + PREFETCH
