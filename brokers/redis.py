@@ -90,6 +90,12 @@ class PriorityRedisBroker(CachedHooks, RedisBroker):
             self.do_enqueue(
                 message.queue_name, message.options["redis_message_id"], message.encode(), suffix
             )
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise BrokerUnavailable(
+                f"Redis did not answer while enqueueing job {message.actor_name} "
+                f"{message.message_id} ({_reason(error)}); it may not have been enqueued: "
+                "send it again once Redis is back"
+            ) from error
         except redis.ResponseError as error:
             if is_out_of_memory(error):
                 raise BrokerFull(

@@ -30,6 +30,7 @@ class Ledger:
 @dataclass(frozen=True)
 class Accounting:
     accepted: int
+    send_failures: int
     finished: int
     #: Accepted, never finished, not dead-lettered and not waiting anywhere.
     lost: list[str]
@@ -41,7 +42,8 @@ class Accounting:
 
     def summary(self) -> str:
         return (
-            f"accepted {self.accepted}, finished {self.finished}, lost {len(self.lost)}, "
+            f"accepted {self.accepted} ({self.send_failures} sends failed), "
+            f"finished {self.finished}, lost {len(self.lost)}, "
             f"duplicated {sum(n - 1 for n in self.duplicated.values())}, stuck {self.stuck}, "
             f"dead-lettered {self.dead_lettered}"
         )
@@ -58,6 +60,7 @@ def account(ledger: Ledger, log_path: Path, broker: Broker, queue: str) -> Accou
     stuck = depth.ready + depth.delayed + (depth.in_flight or 0)
     return Accounting(
         accepted=len(ledger.accepted),
+        send_failures=ledger.send_failures,
         finished=sum(1 for message_id in ledger.accepted if ends[message_id]),
         lost=sorted(
             message_id

@@ -10,17 +10,19 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from dramatiq import Broker
 
-from brokers import build_broker, embedded
+from brokers import BrokerUnavailable, build_broker, embedded
 from brokers.dead_letters import dead_letter_store
 from tests.conftest import env_for, flush, url_for
 from tests.faults.ledger import Accounting, Ledger, account, finished
+from tests.faults.private_redis import PrivateRedis
 from tests.support.processes import child_env, start_dramatiq, stop_group, wait_until
 from tests.support.recovery import QUEUE, declare_sleepy
 
@@ -36,6 +38,7 @@ pytestmark = pytest.mark.slow
 def run_with_fault(
     broker: Broker, url: str, env: dict[str, str], tmp_path: Path,
     fault: Callable[[subprocess.Popen[bytes]], None], *, restart_workers: bool = True,
+    on_half_sent: Callable[[], None] = lambda: None,
 ) -> Accounting:  # fmt: skip
     log_path = tmp_path / "jobs.jsonl"
     env = child_env(
@@ -59,10 +62,13 @@ def run_with_fault(
     group = workers("first")
     try:
         for n in range(JOBS):
+            if n == JOBS // 2:
+                on_half_sent()
             try:
                 ledger.accepted.add(sleepy.send(n, WORK_MS).message_id)
-            except Exception:  # noqa: BLE001 - a refused send is counted, not fatal
+            except BrokerUnavailable:  # one clear line; counted, not fatal
                 ledger.send_failures += 1
+                time.sleep(0.05)
         assert wait_until(lambda: len(finished(log_path)) >= JOBS // 4, 60)
         fault(group)
         if restart_workers:
@@ -165,4 +171,45 @@ def test_a_stalled_worker_s_jobs_run_elsewhere_and_duplicates_are_bounded(
     print(result.summary())
     assert result.lost == [] and result.stuck == 0
     assert result.finished == result.accepted == JOBS
+    assert sum(n - 1 for n in result.duplicated.values()) <= THREADS + PREFETCH
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_redis_killed_during_enqueue_and_processing_loses_nothing_it_accepted(
+    private_redis: PrivateRedis, tmp_path: Path
+) -> None:
+    broker = build_broker(private_redis.url)
+    sent_half = threading.Event()
+
+    def crash_and_restart(group: subprocess.Popen[bytes]) -> None:
+        private_redis.kill()
+        time.sleep(1)
+        private_redis.start()
+
+    def restart_while_sending() -> None:
+        sent_half.wait(60)
+        crash_and_restart(None)  # type: ignore[arg-type]
+
+    # One restart while the app sends, one while the workers run.
+    restarter = threading.Thread(target=restart_while_sending, daemon=True)
+    restarter.start()
+    try:
+        result = run_with_fault(
+            broker, private_redis.url, {}, tmp_path, crash_and_restart,
+            restart_workers=False, on_half_sent=sent_half.set,
+        )  # fmt: skip
+    finally:
+        restarter.join(30)
+        broker.close()
+    assert result.lost == [] and result.stuck == 0
+    assert result.finished == result.accepted and result.accepted + result.send_failures == JOBS
     assert sum(n - 1 for n in result.duplicated.values()) <= THREADS + PREFETCH
