@@ -1,4 +1,4 @@
-"""Faults under load, with loss and duplicate accounting (bounded versions, part of make test).
+"""Faults under load, with loss and duplicate accounting (bounded; full with a flag).
 
 Each test sends jobs while a worker group runs them, injects one fault, lets a
 second group (or the same, after the broker comes back) finish, and accounts
@@ -26,7 +26,8 @@ from tests.faults.private_redis import PrivateRedis
 from tests.support.processes import child_env, start_dramatiq, stop_group, wait_until
 from tests.support.recovery import QUEUE, declare_sleepy
 
-JOBS = 200
+#: ``JOBKIT_FAULTS_FULL=1`` runs ten times as many jobs through each fault.
+JOBS = 2000 if os.environ.get("JOBKIT_FAULTS_FULL") == "1" else 200
 WORK_MS = 20
 THREADS = 4
 #: Dramatiq fetches up to twice its threads ahead.
