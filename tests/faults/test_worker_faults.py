@@ -8,8 +8,10 @@ for every message the broker accepted: lost, duplicated, stuck, dead-lettered.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,9 +22,11 @@ from dramatiq import Broker
 
 from brokers import BrokerUnavailable, build_broker, embedded
 from brokers.dead_letters import dead_letter_store
-from tests.conftest import env_for, flush, url_for
+from tests.conftest import REDIS_URL, env_for, flush, url_for
 from tests.faults.ledger import Accounting, Ledger, account, finished
+from tests.faults.private_rabbitmq import PrivateRabbitmq
 from tests.faults.private_redis import PrivateRedis
+from tests.support import job_log
 from tests.support.processes import child_env, start_dramatiq, stop_group, wait_until
 from tests.support.recovery import QUEUE, declare_sleepy
 
@@ -214,3 +218,57 @@ def test_redis_killed_during_enqueue_and_processing_loses_nothing_it_accepted(
     assert result.lost == [] and result.stuck == 0
     assert result.finished == result.accepted and result.accepted + result.send_failures == JOBS
     assert sum(n - 1 for n in result.duplicated.values()) <= THREADS + PREFETCH
+
+
+@pytest.fixture
+def private_rabbitmq(tmp_path: Path) -> Iterator[PrivateRabbitmq]:
+    node = PrivateRabbitmq(Path(tempfile.mkdtemp(prefix="jk-mq-", dir="/tmp")))
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+        shutil.rmtree(node.directory, ignore_errors=True)
+
+
+@pytest.mark.parametrize("fault", ["stop_app", "kill -9"])
+def test_rabbitmq_stopped_or_killed_during_processing_loses_nothing_it_accepted(
+    private_rabbitmq: PrivateRabbitmq, fault: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("JOBKIT_STATE_URL", REDIS_URL)  # dead letters and counts
+    broker = build_broker(private_rabbitmq.url)
+    broken_at: list[float] = []
+
+    def break_the_broker(group: subprocess.Popen[bytes]) -> None:
+        broken_at.append(time.time())
+        if fault == "stop_app":
+            private_rabbitmq.ctl("stop_app")
+            time.sleep(1)
+            private_rabbitmq.ctl("start_app")
+            private_rabbitmq.wait_until_serving()
+        else:
+            private_rabbitmq.kill()
+            private_rabbitmq.start()
+
+    try:
+        result = run_with_fault(
+            broker, private_rabbitmq.url, {"JOBKIT_STATE_URL": REDIS_URL}, tmp_path,
+            break_the_broker, restart_workers=False,
+        )  # fmt: skip
+    finally:
+        broker.close()
+    assert result.lost == [] and result.stuck == 0
+    assert result.finished == result.accepted == JOBS
+    if fault == "stop_app":
+        assert sum(n - 1 for n in result.duplicated.values()) <= THREADS + PREFETCH
+    else:
+        # RabbitMQ writes the acks of persistent messages to disk lazily: after a hard
+        # kill, jobs acked shortly before it come back. Beyond those, only jobs the
+        # workers held when the broker died (running or prefetched) may run twice.
+        first_end = {}
+        for event in job_log.read(tmp_path / "jobs.jsonl"):
+            if event["event"] == "end":
+                first_end.setdefault(event["id"], event["t"])
+        held = [i for i in result.duplicated if first_end[i] > broken_at[0]]
+        assert len(held) <= THREADS + PREFETCH, result.summary()

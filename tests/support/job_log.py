@@ -53,4 +53,6 @@ def read(path: str | Path) -> list[dict[str, Any]]:
         text = Path(path).read_text()
     except FileNotFoundError:
         return []
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    # A line still being written (read before its newline) is not an event yet.
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
