@@ -22,6 +22,7 @@ from dramatiq.brokers.redis import RedisBroker
 # imports brokers.errors, and must not find this package half-initialised.
 from .bulk import BulkSendError, send_many
 from .errors import (
+    BrokerBlocked,
     BrokerConfigError,
     BrokerFull,
     BrokerUnavailable,
@@ -33,6 +34,7 @@ from .urls import BROKER_URL_ENV, BrokerSpec, mask_url, parse_broker_url, spec_f
 
 __all__ = [
     "BROKER_URL_ENV",
+    "BrokerBlocked",
     "BrokerConfigError",
     "BrokerFull",
     "BrokerSpec",

@@ -19,3 +19,7 @@ class EmbeddedServerError(JobkitError, RuntimeError):
 
 class BrokerFull(JobkitError, RuntimeError):
     """The broker refused a message for lack of memory; nothing was enqueued."""
+
+
+class BrokerBlocked(JobkitError, RuntimeError):
+    """The broker blocked a publish (a memory or disk alarm) past the timeout; not confirmed."""

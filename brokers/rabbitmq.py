@@ -21,7 +21,12 @@ import pika
 import pika.exceptions
 from dramatiq import Broker, Message, Middleware
 from dramatiq.broker import MessageProxy
-from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer, _RabbitmqMessage
+from dramatiq.brokers.rabbitmq import (
+    MAX_ENQUEUE_ATTEMPTS,
+    RabbitmqBroker,
+    _RabbitmqConsumer,
+    _RabbitmqMessage,
+)
 from dramatiq.common import current_millis, dq_name, q_name, xq_name
 from dramatiq.errors import BrokerConnectionError, ConnectionClosed
 
@@ -30,7 +35,7 @@ from middleware.priorities import LEVEL_NUMBERS, PriorityConfig, message_level
 from .bulk import BulkSendError
 from .dead_letters import keep_failed, keep_undecodable
 from .decoding import MessageRules, UndecodableMessage, decode_message
-from .errors import BrokerConfigError, BrokerUnavailable, JobkitError
+from .errors import BrokerBlocked, BrokerConfigError, BrokerUnavailable, JobkitError
 from .hooks import CachedHooks
 from .stats import QueueDepth
 from .urls import mask_url
@@ -118,6 +123,51 @@ class PriorityRabbitmqBroker(CachedHooks, RabbitmqBroker):
 
     #: Seconds to wait for the confirms of one bulk batch.
     bulk_confirm_timeout = 30.0
+
+    def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
+        """Dramatiq's confirmed publish, except that a blocked publish fails at once.
+
+        RabbitMQ blocks publishers during a memory or disk alarm; after
+        ``blocked_connection_timeout`` pika gives up, and Dramatiq would then
+        reconnect and block again, six times over. jobkit raises
+        ``BrokerBlocked`` after the first timeout instead, so every send is
+        bounded by that timeout.
+        """
+        canonical_queue_name = queue_name = message.queue_name
+        if delay is not None:
+            queue_name = dq_name(queue_name)
+            message = message.copy(queue_name=queue_name, options={"eta": current_millis() + delay})
+        attempts = 0
+        while True:
+            try:
+                self.declare_queue(canonical_queue_name, ensure=True)
+                self.emit_before("enqueue", message, delay)
+                self.channel.basic_publish(
+                    exchange="",
+                    routing_key=queue_name,
+                    body=message.encode(),
+                    properties=pika.BasicProperties(
+                        delivery_mode=2, priority=message.options.get("broker_priority")
+                    ),
+                    mandatory=self.confirm_delivery,
+                )
+                self.emit_after("enqueue", message, delay)
+                return message
+            except pika.exceptions.ConnectionBlockedTimeout:
+                del self.connection
+                raise BrokerBlocked(
+                    f"RabbitMQ blocked the publish of job {message.actor_name} "
+                    f"{message.message_id} (a memory or disk alarm) for longer than "
+                    "blocked_connection_timeout; it was not confirmed (it may still be queued "
+                    "once the alarm clears): send it again then (rabbitmqctl list_alarms)"
+                ) from None
+            except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+                del self.connection  # the next attempt opens a new connection and channel
+                if isinstance(e, pika.exceptions.UnroutableError):
+                    self.queues_pending.add(q_name(queue_name))
+                attempts += 1
+                if attempts >= MAX_ENQUEUE_ATTEMPTS:
+                    raise ConnectionClosed(e) from None
 
     def enqueue_many(
         self, messages: list[Message], *, delay: int | None = None, batch_size: int = 1000

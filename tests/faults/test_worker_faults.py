@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from dramatiq import Broker
 
-from brokers import BrokerUnavailable, build_broker, embedded
+from brokers import BrokerBlocked, BrokerUnavailable, build_broker, embedded, queue_depths
 from brokers.dead_letters import dead_letter_store
 from tests.conftest import REDIS_URL, env_for, flush, url_for
 from tests.faults.ledger import Accounting, Ledger, account, finished
@@ -272,3 +272,29 @@ def test_rabbitmq_stopped_or_killed_during_processing_loses_nothing_it_accepted(
                 first_end.setdefault(event["id"], event["t"])
         held = [i for i in result.duplicated if first_end[i] > broken_at[0]]
         assert len(held) <= THREADS + PREFETCH, result.summary()
+
+
+def test_a_publish_blocked_by_a_memory_alarm_fails_within_the_timeout(
+    private_rabbitmq: PrivateRabbitmq, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOBKIT_STATE_URL", REDIS_URL)
+    broker = build_broker(f"{private_rabbitmq.url}?blocked_connection_timeout=2")
+    try:
+        sleepy = declare_sleepy(broker)
+        sleepy.send(1, 0)
+        private_rabbitmq.ctl("set_vm_memory_high_watermark", "0.0000001")
+        time.sleep(3)  # the node raises its memory alarm
+        started = time.monotonic()
+        with pytest.raises(BrokerBlocked, match="a memory or disk alarm"):
+            sleepy.send(2, 0)
+        elapsed = time.monotonic() - started
+        print(f"the blocked send failed after {elapsed:.1f} s")
+        assert elapsed < 10  # one timeout, not Dramatiq's six attempts
+        private_rabbitmq.ctl("set_vm_memory_high_watermark", "0.4")
+        time.sleep(3)
+        sleepy.send(3, 0)
+        (depth,) = (d for d in queue_depths(broker, {QUEUE}) if d.queue == QUEUE)
+        # What was accepted is all there; the unconfirmed one may have arrived as well.
+        assert depth.ready in (2, 3)
+    finally:
+        broker.close()
