@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dramatiq
+import pika.exceptions
 import pytest
 from dramatiq import Broker
 from dramatiq.brokers.redis import RedisBroker
@@ -138,7 +139,12 @@ def flush(broker: Broker) -> None:
             client.delete(key)
     for queue in set(broker.get_declared_queues()) | set(TEST_QUEUES):
         broker.declare_queue(queue)
-    broker.flush_all()
+    try:
+        broker.flush_all()
+    except pika.exceptions.AMQPConnectionError:
+        # A connection left idle past its heartbeats (a long test) is gone: use a new one.
+        del broker.connection
+        broker.flush_all()
 
 
 def make_broker(kind: str) -> Broker:
