@@ -29,7 +29,6 @@ import logging
 import os
 import smtplib
 import ssl
-import tempfile
 from dataclasses import dataclass
 from email import errors
 from email.headerregistry import Address
@@ -41,6 +40,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import dramatiq
 
+from actors.outputs import write_atomically
 from brokers.urls import mask_url
 
 QUEUE = "emails"
@@ -239,19 +239,11 @@ def recipients_of(email: EmailMessage) -> list[str]:
 
 def write_to_outbox(email: EmailMessage, outbox: Path) -> Path:
     """Write ``email`` as ``<outbox>/<Message-ID>.eml`` atomically (a retry overwrites it)."""
-    outbox.mkdir(parents=True, exist_ok=True)
     name = "".join(
         c if c.isalnum() or c in "-_.@" else "_" for c in email["Message-ID"].strip("<>")
     )
     path = outbox / f"{name}.eml"
-    handle, temporary = tempfile.mkstemp(dir=outbox, prefix=".", suffix=".eml.tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(email.as_bytes())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(path, email.as_bytes())
     return path
 
 

@@ -26,13 +26,14 @@ import contextlib
 import logging
 import os
 import struct
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dramatiq
 from PIL import Image, ImageOps
+
+from actors.outputs import replacing
 
 QUEUE = "images"
 #: Output format by ``dest`` suffix (lower-cased).
@@ -192,14 +193,8 @@ def _write_atomically(image: Image.Image, dest: Path, fmt: str) -> None:
         white = Image.new("RGBA", image.size, "white")
         flat = Image.alpha_composite(white, image.convert("RGBA"))
         image = flat.convert("L" if image.mode == "LA" else "RGB")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # One name per attempt: two jobs writing the same dest never share a temporary file.
-    partial = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
+    with replacing(dest) as partial:
         image.save(partial, format=fmt, **options)
-        os.replace(partial, dest)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def _log(source: Path, before: tuple[int, int], dest: Path, image: Image.Image, fmt: str) -> None:
@@ -214,14 +209,18 @@ def _log(source: Path, before: tuple[int, int], dest: Path, image: Image.Image, 
     )
 
 
-@dramatiq.actor(
-    queue_name=QUEUE,
-    max_retries=5,
-    min_backoff=5_000,
-    max_backoff=300_000,
-    throws=(ImageRejected,),
-    time_limit=120_000,
-)
+#: Both actors: a missing source is retried from 5 s; a rejected image is not.
+ACTOR_OPTIONS: dict[str, Any] = {
+    "queue_name": QUEUE,
+    "max_retries": 5,
+    "min_backoff": 5_000,
+    "max_backoff": 300_000,
+    "throws": (ImageRejected,),
+    "time_limit": 120_000,
+}
+
+
+@dramatiq.actor(**ACTOR_OPTIONS)
 def make_thumbnail(source: str, dest: str, max_size: int = 256) -> None:
     """Write ``source`` to ``dest`` scaled down (never up) to fit in ``max_size`` squared."""
     _check_paths(source, dest)
@@ -237,14 +236,7 @@ def make_thumbnail(source: str, dest: str, max_size: int = 256) -> None:
     _log(path, before, Path(dest), thumbnail, fmt)
 
 
-@dramatiq.actor(
-    queue_name=QUEUE,
-    max_retries=5,
-    min_backoff=5_000,
-    max_backoff=300_000,
-    throws=(ImageRejected,),
-    time_limit=120_000,
-)
+@dramatiq.actor(**ACTOR_OPTIONS)
 def resize_image(source: str, dest: str, width: int, height: int, fit: str = "contain") -> None:
     """Write ``source`` to ``dest`` resized to ``width`` x ``height`` as ``fit`` says.
 

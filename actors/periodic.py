@@ -32,6 +32,7 @@ import dramatiq
 import structlog
 from periodiq import cron
 
+from actors.outputs import write_atomically
 from brokers import queue_depths
 from brokers.dead_letters import Filters, dead_letter_store, has_store, iso_ms
 
@@ -103,11 +104,8 @@ def daily_summary(output_dir: str | None = None) -> str:
         "queues": [depth.as_dict() for depth in queue_depths(broker)],
     }
     directory = Path(output_dir or os.environ.get(REPORT_DIR_ENV) or DEFAULT_REPORT_DIR)
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"daily-{now:%Y-%m-%d}.json"
-    partial = path.with_name(f".{path.name}.tmp")
-    partial.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    write_atomically(path, json.dumps(summary, indent=2) + "\n")
     logger.info(
         "daily summary written to %s: %d dead letters in 24 h",
         path,

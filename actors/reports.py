@@ -19,7 +19,6 @@ import csv
 import io
 import json
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Iterator
 from decimal import Decimal, InvalidOperation
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import dramatiq
+
+from actors.outputs import write_atomically
 
 QUEUE = "reports"
 PROGRESS_EVERY = 100_000
@@ -101,12 +102,6 @@ def _number(total: Decimal) -> int | float:
     return int(total) if total == total.to_integral_value() else float(total)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.tmp")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
-
-
 @dramatiq.actor(queue_name=QUEUE, max_retries=5, min_backoff=10_000, throws=(ReportInputError,))
 def build_report(
     source: str, output: str, group_by: str, sum_fields: list[str] | None = None
@@ -126,12 +121,12 @@ def build_report(
     ]
     buffer = io.StringIO()
     csv.writer(buffer).writerows(table)
-    _write_atomically(out.with_suffix(".csv"), buffer.getvalue())
+    write_atomically(out.with_suffix(".csv"), buffer.getvalue())
     report = {
         "source": str(path),
         "group_by": group_by,
         "rows": rows,
         "groups": {group: totals for group, totals in ordered},
     }
-    _write_atomically(out.with_suffix(".json"), json.dumps(report, indent=2))
+    write_atomically(out.with_suffix(".json"), json.dumps(report, indent=2))
     logger.info("report written: %d rows, %d groups -> %s.{csv,json}", rows, len(groups), out)

@@ -32,7 +32,6 @@ import logging
 import os
 import re
 import ssl
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ import dramatiq
 import httpx
 from dramatiq.errors import Retry
 
+from actors.outputs import write_atomically
 from actors.webhooks import retry_after_ms
 from brokers.urls import mask_url
 
@@ -407,21 +407,8 @@ def _ssl_context() -> ssl.SSLContext:
 
 def write_json_atomically(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` so a reader sees the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique temporary name: two jobs scraping the same URL must not share one.
-    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=2, ensure_ascii=False)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(partial, 0o644)  # mkstemp's 0600 would hide results from other readers
-        os.replace(partial, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(partial)
-        raise
+    # Serialized first: data that is not JSON fails before anything is written.
+    write_atomically(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 @dramatiq.actor(

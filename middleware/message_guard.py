@@ -51,12 +51,15 @@ class MessageGuard(Middleware):
         encoder = get_encoder()
         if type(encoder) is not JSONEncoder:
             check_encoder()
+        # One field dict for both: its options are the message's own dict, so the
+        # encoded size includes the signature added here.
+        fields = message.asdict()
         signer = self.rules.signer
         if signer is not None:
-            message.options[SIGNATURE] = signer.sign(message.asdict())
+            message.options[SIGNATURE] = signer.sign(fields)
         limit = self.rules.max_bytes
         if limit:
-            size = len(encoder.encode(message.asdict()))
+            size = len(encoder.encode(fields))
             if size > limit:
                 raise MessageTooLarge(
                     f"job {message.actor_name} to queue {message.queue_name!r} is {size:,} bytes, "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email
-import socket
 import ssl
 import subprocess
 import threading
@@ -28,16 +27,12 @@ from actors.emails import (
     recipient_domain,
     send_over_smtp,
 )
+from benchmarks.harness import free_port
 from brokers.dead_letters import dead_letter_store
 from tests.support.processes import wait_until, worker
+from tests.support.shipped import redeclare
 
 QUEUE = "jobkit-test"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Mailbox:
@@ -93,16 +88,7 @@ def smtp() -> Iterator[SmtpServer]:
 
 
 def declare(broker: Broker, rate_limit: str = "100/s") -> dramatiq.Actor:
-    """The shipped actor on the test broker, with test-sized backoff."""
-    options = {
-        **deliver_email.options,
-        "min_backoff": 20,
-        "max_backoff": 100,
-        "rate_limit": rate_limit,
-    }
-    return dramatiq.actor(
-        deliver_email.fn, broker=broker, queue_name=QUEUE, actor_name="deliver_email", **options
-    )
+    return redeclare(deliver_email, broker, rate_limit=rate_limit)
 
 
 # ---------------------------------------------------------------- no broker

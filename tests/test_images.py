@@ -14,6 +14,7 @@ from PIL import Image
 from actors.images import ImageNotReady, ImageRejected, make_thumbnail, resize_image
 from brokers.dead_letters import dead_letter_store
 from tests.support.processes import wait_until, worker
+from tests.support.shipped import redeclare
 
 QUEUE = "jobkit-test"
 ORIENTATION = 0x0112
@@ -281,10 +282,7 @@ def declare(broker: Broker, shipped: dramatiq.Actor, calls: list[str] | None = N
             calls.append(args[0])
         shipped.fn(*args, **kwargs)
 
-    options = {**shipped.options, "min_backoff": 50, "max_backoff": 200}
-    return dramatiq.actor(
-        run, broker=broker, queue_name=QUEUE, actor_name=shipped.actor_name, **options
-    )
+    return redeclare(shipped, broker, run, min_backoff=50, max_backoff=200)
 
 
 def test_both_jobs_write_their_images(system_broker: Broker, tmp_path: Path) -> None:

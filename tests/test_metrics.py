@@ -12,17 +12,12 @@ from typing import Any
 from dramatiq import Broker
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.harness import free_port
 from brokers.processes import start_process_group, stop_process_group
 from tests.conftest import env_for, url_for
 from tests.support.limited import declare_limited
 from tests.support.logged import MARKERS_ENV, declare_logged
 from tests.support.processes import REPO, child_env, jobkit_command, run_jobkit, wait_until
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _ends(output: Path) -> int:
@@ -70,7 +65,7 @@ def _start(kind: str, tmp_path: Path, port: int) -> tuple:
 def test_metrics_endpoint_counts_what_ran(
     real_broker: Broker, real_broker_kind: str, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     workers, output, env = _start(real_broker_kind, tmp_path, port)
     logged, limited = declare_logged(real_broker), declare_limited(real_broker)
     for n in range(20):
@@ -141,7 +136,7 @@ def test_a_taken_metrics_port_is_one_clear_line_and_workers_go_on(
 
 def test_stats_without_workers_is_one_clear_line() -> None:
     result = run_jobkit(
-        "stats", "--url", f"http://127.0.0.1:{_free_port()}/metrics", "--interval", "0.1",
+        "stats", "--url", f"http://127.0.0.1:{free_port()}/metrics", "--interval", "0.1",
         env=child_env("redis://127.0.0.1:6379/15"),
     )  # fmt: skip
     assert result.returncode == 1

@@ -17,8 +17,14 @@ from brokers.errors import BrokerConfigError
 from brokers.redis import heartbeat_timeout_ms
 from tests.conftest import env_for, url_for
 from tests.support import job_log
-from tests.support.processes import child_env, start_dramatiq, stop_group, wait_until, worker
-from tests.support.recovery import BLOCK_FLAG_ENV, QUEUE, declare_blocking, declare_suicidal
+from tests.support.processes import child_env, stop_group, wait_until, worker
+from tests.support.recovery import (
+    BLOCK_FLAG_ENV,
+    QUEUE,
+    declare_blocking,
+    declare_suicidal,
+    start_workers,
+)
 
 HEARTBEAT_TIMEOUT_MS = 3000
 
@@ -47,10 +53,7 @@ def test_a_sigkilled_workers_jobs_run_again_within_the_heartbeat_timeout(
         **{BLOCK_FLAG_ENV: str(flag)},
     )
     blocking = declare_blocking(redis_broker)
-    doomed = start_dramatiq(
-        "tests.support.recovery_worker", "-p", "1", "-t", "2", "-Q", QUEUE,
-        env=env, log=tmp_path / "doomed.log",
-    )  # fmt: skip
+    doomed = start_workers(env, tmp_path / "doomed.log", 2)
     rescuer = None
     try:
         for n in range(2):
@@ -60,10 +63,7 @@ def test_a_sigkilled_workers_jobs_run_again_within_the_heartbeat_timeout(
         killed_at = time.time()
         doomed.wait(10)
         flag.unlink()  # the second run of each job returns at once
-        rescuer = start_dramatiq(
-            "tests.support.recovery_worker", "-p", "1", "-t", "2", "-Q", QUEUE,
-            env=env, log=tmp_path / "rescuer.log",
-        )  # fmt: skip
+        rescuer = start_workers(env, tmp_path / "rescuer.log", 2)
         limit_s = HEARTBEAT_TIMEOUT_MS / 1000 + 10
         assert wait_until(lambda: len(_ends(log_path)) == 2, limit_s + 20), (
             tmp_path / "rescuer.log"
@@ -103,10 +103,7 @@ def test_a_job_that_kills_its_worker_is_dead_lettered_after_three_crashes(
     declare_blocking(system_broker).send(2)  # an innocent job behind it still runs
     store = dead_letter_store(system_broker)
     for run in range(8):  # a supervisor restarting the worker group; bounded
-        group = start_dramatiq(
-            "tests.support.recovery_worker", "-p", "1", "-t", "1", "-Q", QUEUE,
-            env=env, log=tmp_path / f"worker-{run}.log",
-        )  # fmt: skip
+        group = start_workers(env, tmp_path / f"worker-{run}.log", 1)
         try:
             # Dramatiq's main process stops the group when its worker dies, but under load
             # it can hang instead: like a supervisor, give up on the group after a while.

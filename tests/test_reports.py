@@ -14,6 +14,7 @@ from dramatiq import Broker
 from actors.reports import ReportInputError, aggregate, build_report
 from brokers.dead_letters import dead_letter_store
 from tests.support.processes import wait_until, worker
+from tests.support.shipped import redeclare
 
 QUEUE = "jobkit-test"
 CSV = "country,amount\nFR,10\nDE,2.5\nFR,5\n"
@@ -73,10 +74,7 @@ def test_memory_stays_flat_on_a_large_source(tmp_path: Path) -> None:
 
 
 def declare(broker: Broker) -> dramatiq.Actor:
-    options = {**build_report.options, "min_backoff": 50, "max_backoff": 200}
-    return dramatiq.actor(
-        build_report.fn, broker=broker, queue_name=QUEUE, actor_name="build_report", **options
-    )
+    return redeclare(build_report, broker, min_backoff=50, max_backoff=200)
 
 
 def test_the_job_writes_csv_and_json_and_waits_for_a_late_source(

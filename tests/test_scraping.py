@@ -36,6 +36,7 @@ from actors.scraping import (
 )
 from brokers.dead_letters import dead_letter_store
 from tests.support.processes import wait_until, worker
+from tests.support.shipped import redeclare
 
 QUEUE = "jobkit-test"
 HTML = "text/html; charset=utf-8"
@@ -139,16 +140,7 @@ def fresh_robots_cache() -> Iterator[None]:
 
 
 def declare(broker: Broker, rate_limit: str = "50/s") -> dramatiq.Actor:
-    """The shipped actor, on the test broker, with test-sized backoff and rate."""
-    options = {
-        **scrape_page.options,
-        "min_backoff": 20,
-        "max_backoff": 100,
-        "rate_limit": rate_limit,
-    }
-    return dramatiq.actor(
-        scrape_page.fn, broker=broker, queue_name=QUEUE, actor_name="scrape_page", **options
-    )  # fmt: skip
+    return redeclare(scrape_page, broker, rate_limit=rate_limit)
 
 
 def read(path: Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from dramatiq import Broker
 from actors.webhooks import deliver_webhook, retry_after_ms
 from brokers.dead_letters import dead_letter_store
 from tests.support.processes import wait_until, worker
+from tests.support.shipped import redeclare
 
 QUEUE = "jobkit-test"
 
@@ -75,12 +76,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 def declare(broker: Broker) -> dramatiq.Actor:
-    """The shipped actor, on the test broker, with test-sized backoff."""
-    options = {**deliver_webhook.options, "min_backoff": 20, "max_backoff": 100}
-    return dramatiq.actor(
-        deliver_webhook.fn, broker=broker, queue_name=QUEUE, actor_name="deliver_webhook",
-        **options,
-    )  # fmt: skip
+    return redeclare(deliver_webhook, broker)
 
 
 def send(actor: dramatiq.Actor, url: str, **kwargs: Any) -> dramatiq.Message:

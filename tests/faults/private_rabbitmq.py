@@ -17,7 +17,7 @@ from pathlib import Path
 import pika
 import pika.exceptions
 
-from tests.faults.private_redis import free_port
+from benchmarks.harness import free_port
 from tests.support.processes import pids_with_env
 
 

@@ -11,8 +11,8 @@ from dramatiq import Broker
 from brokers import queue_depths, send_many
 from tests.conftest import env_for, url_for
 from tests.faults.ledger import Ledger, account
-from tests.support.processes import child_env, start_dramatiq, stop_group, wait_until
-from tests.support.recovery import QUEUE, declare_sleepy
+from tests.support.processes import child_env, stop_group, wait_until
+from tests.support.recovery import QUEUE, declare_sleepy, start_workers
 
 #: ``JOBKIT_FAULTS_FULL=1`` runs the issue's full size: a 100,000-message backlog.
 BACKLOG = 100_000 if os.environ.get("JOBKIT_FAULTS_FULL") == "1" else 10_000
@@ -52,10 +52,7 @@ def test_a_large_backlog_drains_with_flat_worker_memory(
         (depth,) = (d for d in queue_depths(system_broker, {QUEUE}) if d.queue == QUEUE)
         return depth.ready + depth.delayed + (depth.in_flight or 0)
 
-    group = start_dramatiq(
-        "tests.support.recovery_worker", "-p", "1", "-t", "8", "-Q", QUEUE,
-        env=env, log=tmp_path / "workers.log",
-    )  # fmt: skip
+    group = start_workers(env, tmp_path / "workers.log", 8)
     samples: list[int] = []
     try:
         for fraction in (0.9, 0.5, 0.1):

@@ -27,8 +27,8 @@ from tests.faults.ledger import Accounting, Ledger, account, finished
 from tests.faults.private_rabbitmq import PrivateRabbitmq
 from tests.faults.private_redis import PrivateRedis
 from tests.support import job_log
-from tests.support.processes import child_env, start_dramatiq, stop_group, wait_until
-from tests.support.recovery import QUEUE, declare_sleepy
+from tests.support.processes import child_env, stop_group, wait_until
+from tests.support.recovery import QUEUE, declare_sleepy, start_workers
 
 #: ``JOBKIT_FAULTS_FULL=1`` runs ten times as many jobs through each fault.
 JOBS = 2000 if os.environ.get("JOBKIT_FAULTS_FULL") == "1" else 200
@@ -54,10 +54,7 @@ def run_with_fault(
     store = dead_letter_store(broker)
 
     def workers(name: str) -> subprocess.Popen[bytes]:
-        return start_dramatiq(
-            "tests.support.recovery_worker", "-p", "1", "-t", str(THREADS), "-Q", QUEUE,
-            env=env, log=tmp_path / f"{name}.log",
-        )  # fmt: skip
+        return start_workers(env, tmp_path / f"{name}.log", THREADS)
 
     def settled() -> bool:
         ends = finished(log_path)
@@ -151,10 +148,7 @@ def test_a_stalled_worker_s_jobs_run_elsewhere_and_duplicates_are_bounded(
     groups = []
 
     def workers(name: str) -> subprocess.Popen[bytes]:
-        group = start_dramatiq(
-            "tests.support.recovery_worker", "-p", "1", "-t", str(THREADS), "-Q", QUEUE,
-            env=env, log=tmp_path / f"{name}.log",
-        )  # fmt: skip
+        group = start_workers(env, tmp_path / f"{name}.log", THREADS)
         groups.append(group)
         return group
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -39,3 +40,13 @@ def declare_sleepy(broker: Broker) -> Actor:
         time.sleep(ms / 1000)
 
     return dramatiq.actor(sleepy, broker=broker, queue_name=QUEUE, max_retries=3)
+
+
+def start_workers(env: dict[str, str], log: Path, threads: int) -> subprocess.Popen[bytes]:
+    """``dramatiq tests.support.recovery_worker``: one process of ``threads`` on the test queue."""
+    from tests.support.processes import start_dramatiq
+
+    return start_dramatiq(
+        "tests.support.recovery_worker", "-p", "1", "-t", str(threads), "-Q", QUEUE,
+        env=env, log=log,
+    )  # fmt: skip
