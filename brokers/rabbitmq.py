@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from functools import partial
@@ -74,12 +75,28 @@ class QueueNeedsMigration(JobkitError, BrokerConnectionError):
 
 
 class DeadLetteringConsumer(_RabbitmqConsumer):
-    """Keeps rejected and undecodable messages in jobkit's dead-letter store, then acks them.
+    """Acks in batches; keeps rejected and undecodable messages in jobkit's dead-letter store.
 
-    Dramatiq nacks both to the queue's ``.XQ`` (via RabbitMQ's dead-letter
-    exchange), without the reason; that stays the fallback when the store
-    (a Redis, see ``brokers.dead_letters``) cannot be written.
+    Dramatiq acks each message with its own callback into the connection's
+    I/O loop (a wake-up, a frame and a socket write per job). Here worker
+    threads queue their acks and one callback sends all that gathered, as a
+    single ``multiple`` ack when no unsettled delivery lies below them.
+
+    Dramatiq nacks rejected and undecodable messages to the queue's ``.XQ``
+    (via RabbitMQ's dead-letter exchange), without the reason; that stays the
+    fallback when the store (a Redis, see ``brokers.dead_letters``) cannot be
+    written.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Guards known_tags, the tags to ack and the nacks in flight together, so
+        # the floor computed by _send_acks never lets a multiple ack cover a tag
+        # that is being nacked or is not yet settled.
+        self._settle_lock = threading.Lock()
+        self._to_ack: list[int] = []
+        self._acks_scheduled = False
+        self._nacking: set[int] = set()
 
     def __next__(self) -> MessageProxy | None:
         try:
@@ -99,20 +116,75 @@ class DeadLetteringConsumer(_RabbitmqConsumer):
             message = decode_message(body, self.broker.message_rules)
         except UndecodableMessage as error:
             if keep_undecodable(self.broker, self.queue_name, body, error):
-                self.connection.add_callback_threadsafe(
-                    partial(self.channel.basic_ack, method.delivery_tag)
-                )
+                self._settle(method.delivery_tag, ack=True)
             else:
-                self._nack(method.delivery_tag)
+                self._settle(method.delivery_tag, ack=False)
             return None
-        self.known_tags.add(method.delivery_tag)
+        with self._settle_lock:
+            self.known_tags.add(method.delivery_tag)
         return _RabbitmqMessage(method.redelivered, method.delivery_tag, message)
 
+    def ack(self, message: MessageProxy) -> None:
+        self._settle_known(message, ack=True)
+
     def nack(self, message: MessageProxy) -> None:
-        if keep_failed(self.broker, message):
-            self.ack(message)
-        else:
-            super().nack(message)
+        self._settle_known(message, ack=keep_failed(self.broker, message))
+
+    def _settle_known(self, message: MessageProxy, *, ack: bool) -> None:
+        with self._settle_lock:
+            if message._tag not in self.known_tags:
+                # Delivered on a connection since closed: RabbitMQ redelivers it.
+                self.logger.warning("Failed to settle message: not in known tags.")
+                return
+            # Leaving known_tags and joining the acks in one step: _send_acks
+            # must never see a tag in neither.
+            self.known_tags.remove(message._tag)
+            callback = self._queue_settlement(message._tag, ack=ack)
+        self._schedule(callback)
+
+    def _settle(self, tag: int, *, ack: bool) -> None:
+        with self._settle_lock:
+            callback = self._queue_settlement(tag, ack=ack)
+        self._schedule(callback)
+
+    def _queue_settlement(self, tag: int, *, ack: bool) -> Any:
+        # The callback to schedule, or None when one already scheduled will send it.
+        if not ack:
+            self._nacking.add(tag)
+            return partial(self._send_nack, tag)
+        self._to_ack.append(tag)
+        if self._acks_scheduled:
+            return None
+        self._acks_scheduled = True
+        return self._send_acks
+
+    def _schedule(self, callback: Any) -> None:
+        if callback is None:
+            return
+        try:
+            self.connection.add_callback_threadsafe(callback)
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
+            raise ConnectionClosed(error) from None
+
+    def _send_acks(self) -> None:
+        # Runs in the connection's I/O loop (the consumer thread).
+        with self._settle_lock:
+            tags, self._to_ack = sorted(self._to_ack), []
+            self._acks_scheduled = False
+            unsettled = self.known_tags | self._nacking
+            floor = min(unsettled) if unsettled else None
+        covered = [tag for tag in tags if floor is None or tag < floor]
+        if covered:
+            self.channel.basic_ack(covered[-1], multiple=True)
+        for tag in tags[len(covered) :]:
+            self.channel.basic_ack(tag)
+
+    def _send_nack(self, tag: int) -> None:
+        try:
+            self.channel.basic_nack(tag, requeue=False)
+        finally:
+            with self._settle_lock:
+                self._nacking.discard(tag)
 
 
 class PriorityRabbitmqBroker(CachedHooks, RabbitmqBroker):

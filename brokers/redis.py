@@ -29,6 +29,7 @@ from dramatiq.errors import ConnectionClosed
 
 from middleware.priorities import LEVELS, PriorityConfig
 
+from .acks import AckBatcher
 from .bulk import BulkSendError, batches
 from .dead_letters import keep_failed, keep_undecodable
 from .decoding import MessageRules, UndecodableMessage, decode_message
@@ -72,6 +73,22 @@ class PriorityRedisBroker(CachedHooks, RedisBroker):
         self.priority_config = priority_config
         self.scripts["dispatch"] = self.client.register_script(DISPATCH_SCRIPT)
         self._weights = [priority_config.weights[level] for level in LEVELS]
+        self._ack_batchers: dict[tuple[int, str], AckBatcher] = {}
+        self._ack_batchers_lock = threading.Lock()
+
+    def ack_batcher(self, queue_name: str) -> AckBatcher:
+        """This process's batcher for ``queue_name`` (kept across consumer restarts)."""
+        key = (os.getpid(), queue_name)  # a forked child needs its own thread
+        batcher = self._ack_batchers.get(key)
+        if batcher is None:
+            with self._ack_batchers_lock:
+                batcher = self._ack_batchers.get(key)
+                if batcher is None:
+                    batcher = self._ack_batchers[key] = AckBatcher(
+                        lambda ids: self.do_ack(queue_name, *ids),
+                        name=f"jobkit-acks-{queue_name}",
+                    )
+        return batcher
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
@@ -222,6 +239,13 @@ class PriorityRedisConsumer(_RedisConsumer):
     """
 
     message_cache: list[tuple[bytes, bytes | None, int]]
+    #: How long ``close`` waits for pending acks to go out.
+    ack_flush_timeout_s = 5.0
+
+    def ack(self, message: MessageProxy) -> None:
+        # On the current queue (a delayed message is acked on the delay queue), as Dramatiq.
+        self.broker.ack_batcher(self.queue_name).add(message.options["redis_message_id"])
+        self.queued_message_ids.discard(message.message_id)
 
     def __next__(self) -> MessageProxy | None:
         try:
@@ -275,6 +299,14 @@ class PriorityRedisConsumer(_RedisConsumer):
         self.broker.requeue_ids(self.queue_name, pairs)
 
     def close(self) -> None:
+        batcher = self.broker.ack_batcher(self.queue_name)
+        if not batcher.flush(self.ack_flush_timeout_s):
+            logger.warning(
+                "%d ack(s) on queue %s not sent at close; those jobs run again after "
+                "the heartbeat timeout",
+                batcher.pending,
+                self.queue_name,
+            )
         # Dramatiq drops its cache of fetched-but-unreturned messages on close,
         # leaving them to dead-worker recovery; give them back now instead.
         cached, self.message_cache = self.message_cache, []

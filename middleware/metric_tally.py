@@ -35,14 +35,25 @@ class Tally:
             self._increments[child] += amount
 
     def observe(self, child: Any, value: float) -> None:
-        # prometheus-client's own bucket rule: the first upper bound >= value.
-        index = bisect.bisect_left(child._upper_bounds, value)
+        self.update((), ((child, value),))
+
+    def update(
+        self,
+        increments: tuple[tuple[Any, float], ...],
+        observations: tuple[tuple[Any, float], ...] = (),
+    ) -> None:
+        """Several changes under one lock (a job's start or end moves two or three values)."""
         with self._lock:
-            pending = self._histograms.get(child)
-            if pending is None:
-                pending = self._histograms[child] = [0.0] * (len(child._upper_bounds) + 1)
-            pending[0] += value
-            pending[index + 1] += 1
+            for child, amount in increments:
+                self._increments[child] += amount
+            for child, value in observations:
+                # prometheus-client's own bucket rule: the first upper bound >= value.
+                index = bisect.bisect_left(child._upper_bounds, value)
+                pending = self._histograms.get(child)
+                if pending is None:
+                    pending = self._histograms[child] = [0.0] * (len(child._upper_bounds) + 1)
+                pending[0] += value
+                pending[index + 1] += 1
 
     def start(self) -> None:
         if self._thread is None:

@@ -134,9 +134,11 @@ class Metrics(Middleware):
             return
         message = unwrap(message)
         labels = (message.actor_name, message.queue_name)
-        latency_ms = queue_latency_ms(message, int(time.time() * 1000))
-        self._tally.observe(self._child("latency", *labels), latency_ms / 1000)
-        self._tally.inc(self._child("in_flight", *labels))
+        latency_s = queue_latency_ms(message, int(time.time() * 1000)) / 1000
+        self._tally.update(
+            ((self._child("in_flight", *labels), 1),),
+            ((self._child("latency", *labels), latency_s),),
+        )
         self._delivery.start(message, started=time.monotonic())
 
     def after_process_message(
@@ -148,11 +150,14 @@ class Metrics(Middleware):
         delivery = self._delivery.get(message)
         started = delivery.pop("started", None) if delivery else None
         labels = (message.actor_name, message.queue_name)
-        if started is not None:
-            self._tally.observe(self._child("duration", *labels), time.monotonic() - started)
-            self._tally.inc(self._child("in_flight", *labels), -1)
-        outcome = "succeeded" if exception is None else "failed"
-        self._tally.inc(self._child("jobs", *labels, outcome))
+        outcome = self._child("jobs", *labels, "succeeded" if exception is None else "failed")
+        if started is None:
+            self._tally.update(((outcome, 1),))
+            return
+        self._tally.update(
+            ((outcome, 1), (self._child("in_flight", *labels), -1)),
+            ((self._child("duration", *labels), time.monotonic() - started),),
+        )
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
         if not self._m:

@@ -23,8 +23,9 @@
 --     first (strict) or by weighted random choice (weighted);
 --   * requeue takes (id, suffix) pairs and puts ids back at the head of
 --     their level list, keeping FIFO order within a level;
---   * fetch returns (id, payload) pairs, not payloads alone;
+--   * fetch returns (id, payload, redeliveries) triples, not payloads alone;
 --   * enqueue_batch enqueues many messages of one queue in one call;
+--   * ack takes any number of ids;
 --   * dead-worker recovery reads each message's level from its JSON;
 --   * purge also deletes the level lists.
 -- Delay queues ($queue.DQ) keep a single list: a due message is re-enqueued
@@ -316,12 +317,13 @@ elseif command == "requeue" then
 
 
 -- Acknowledges that a message has been processed.
+-- jobkit: any number of ids (brokers/acks.py sends a batch per call).
 elseif command == "ack" then
-    local message_id = ARGS[1]
-
-    if redis.call("srem", queue_acks, message_id) > 0 then
-        redis.call("hdel", queue_messages, message_id)
-        redis.call("hdel", queue_redeliveries, message_id)
+    for _, message_id in ipairs(ARGS) do
+        if redis.call("srem", queue_acks, message_id) > 0 then
+            redis.call("hdel", queue_messages, message_id)
+            redis.call("hdel", queue_redeliveries, message_id)
+        end
     end
 
 
