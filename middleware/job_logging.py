@@ -17,6 +17,7 @@ object per line; the default off a terminal) or ``console``.
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import contextvars
 import logging
@@ -26,6 +27,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -66,14 +68,15 @@ def _dumps_text(value: Any, default: Any = None, **_: Any) -> str:
 _second: tuple[int, str] = (-1, "")
 
 
-def utc_timestamp() -> str:
-    """Now as UTC ISO-8601 with microseconds, as structlog's ``TimeStamper(fmt="iso", utc=True)``.
+def utc_timestamp(now: float | None = None) -> str:
+    """``now`` (default: now) as UTC ISO-8601 with microseconds, as structlog's TimeStamper.
 
     The date and time of day are formatted once a second: job events come two
     per job, and a datetime per event was a tenth of their cost.
     """
     global _second
-    now = time.time()
+    if now is None:
+        now = time.time()
     whole = int(now)
     second, text = _second
     if whole != second:
@@ -248,24 +251,24 @@ class LineBuffer:
 
     Under dramatiq every write is a message through a pipe to the main process,
     which relays it: one write per 50 ms instead of two per job is what keeps
-    per-job events cheap. Flushed when full, on worker shutdown and at exit; a
-    SIGKILL loses at most one interval of job events.
+    per-job events cheap. Job events are rendered here too, at flush time, by
+    the flush thread (``defer``), so a job thread only hands over its fields.
+    Flushed when ``max_lines`` wait, on worker shutdown and at exit; a SIGKILL
+    loses at most one interval of job events.
     """
 
     def __init__(
-        self, handler: logging.StreamHandler, interval: float = 0.05, max_chars: int = 8192
+        self, handler: logging.StreamHandler, interval: float = 0.05, max_lines: int = 1024
     ) -> None:
         # Writes share the handler's lock: under dramatiq the stream is a pipe
         # connection, and two threads sending at once would corrupt its framing.
-        # Chunks stay under 16 KiB, which the connection sends in a single write.
         self.handler = handler
         self.stream = handler.stream
         self.interval = interval
-        self.max_chars = max_chars
+        self.max_lines = max_lines
         self.pid = os.getpid()  # its flush thread does not survive a fork
-        self._lines: list[str] = []
-        self._size = 0
-        self._lock = threading.Lock()
+        # A deque's append and popleft are atomic: job threads never take a lock here.
+        self._lines: collections.deque[str] = collections.deque()
         self._thread = threading.Thread(
             target=self._flush_often, name="jobkit-log-flush", daemon=True
         )
@@ -273,16 +276,25 @@ class LineBuffer:
         atexit.register(self.flush_now)
 
     def write(self, text: str) -> None:
-        with self._lock:
-            self._lines.append(text)
-            self._size += len(text)
-            full = self._size >= self.max_chars
-        if full:
+        self._lines.append(text)
+        if len(self._lines) >= self.max_lines:
+            self.flush_now()
+
+    def write_json(self, line: bytes) -> None:
+        """One rendered JSON object (without its newline)."""
+        self._lines.append(line.decode() + "\n")
+        if len(self._lines) >= self.max_lines:
+            self.flush_now()
+
+    def defer(self, render: Callable[[Any], str], item: Any) -> None:
+        """A line to be made by ``render(item)`` when the buffer is flushed, in its turn."""
+        self._lines.append((render, item))
+        if len(self._lines) >= self.max_lines:
             self.flush_now()
 
     def msg(self, line: bytes) -> None:
         """structlog's logger interface (as BytesLogger's): one rendered JSON line."""
-        self.write(line.decode() + "\n")
+        self.write_json(line)
 
     debug = info = warning = error = critical = exception = msg
 
@@ -290,13 +302,14 @@ class LineBuffer:
         """Called by structlog after every line: the timer flushes instead."""
 
     def flush_now(self) -> None:
-        # The handler's lock orders whole chunks; the buffer's own lock is held only
-        # to take the lines, so job threads never wait for a write to the pipe.
+        # The handler's lock orders whole chunks between threads and with the
+        # handler's own lines.
         with self.handler.lock or contextlib.nullcontext():
-            with self._lock:
-                if not self._lines:
-                    return
-                text, self._lines, self._size = "".join(self._lines), [], 0
+            lines = self._lines
+            count = len(lines)
+            if not count:
+                return
+            text = "".join([_line(lines.popleft()) for _ in range(count)])
             with contextlib.suppress(OSError, ValueError):
                 self.stream.write(text)  # ValueError/OSError: a stream closed at exit
                 self.stream.flush()
@@ -305,6 +318,10 @@ class LineBuffer:
         while True:
             time.sleep(self.interval)
             self.flush_now()
+
+
+def _line(item: str | tuple[Callable[[Any], str], Any]) -> str:
+    return item if type(item) is str else item[0](item[1])  # type: ignore[index]
 
 
 _line_buffer: LineBuffer | None = None
@@ -316,14 +333,15 @@ def flush_job_events() -> None:
 
 
 class JsonJobEvents:
-    """Job events as JSON lines into the line buffer: structlog's renderer, no per-call chain.
+    """Job events as JSON lines into the line buffer, without a bound logger's per-call chain.
 
     A bound logger runs each call through its processor chain (level, time,
     exception, render): about 15 µs an event, and a no-op job has two. Job
-    events know their fields up front, so this builds the event dict itself and
-    hands it to structlog's ``JSONRenderer`` (orjson). An event with
-    ``exc_info`` (``job.failed``) takes the full chain, which formats the
-    traceback.
+    events know their fields up front: the job thread hands them to the line
+    buffer with the time, and the buffer's flush builds the event dict and
+    serializes it as the chain's ``JSONRenderer`` would (orjson, same options),
+    many events in one go. An event with ``exc_info`` (``job.failed``) takes
+    the full chain, which formats the traceback.
     """
 
     def __init__(self, sink: LineBuffer, level: int) -> None:
@@ -351,8 +369,12 @@ class JsonJobEvents:
         if "exc_info" in fields:
             getattr(self._chain, name)(event, **fields)
             return
-        record = {**self._static, **fields, "event": event, "level": name, "ts": utc_timestamp()}
-        self._sink.msg(self._render(None, name, record))
+        self._sink.defer(self._render_line, (name, event, fields, time.time()))
+
+    def _render_line(self, item: tuple[str, str, dict[str, Any], float]) -> str:
+        name, event, fields, now = item
+        record = {**self._static, **fields, "event": event, "level": name, "ts": utc_timestamp(now)}
+        return _dumps(record, repr).decode() + "\n"  # repr: as structlog's fallback
 
     def info(self, event: str, **fields: Any) -> None:
         self._emit(logging.INFO, "info", event, fields)
@@ -470,13 +492,18 @@ class JobLogging(Middleware):
         _current_job.set(fields)
         self._delivery.start(message, started=time.monotonic(), fields=fields)
         actor = broker.actors.get(message.actor_name)
+        args, kwargs = message.args, message.kwargs
+        if actor is None:
+            arguments = None
+        elif args or kwargs:
+            arguments = self.redactor.arguments(actor.fn, tuple(args), dict(kwargs))
+        else:
+            arguments = {}
         self.log.info(
             "job.started",
             **fields,
-            queue_latency_ms=queue_latency_ms(message, _now_ms()),
-            args=self.redactor.arguments(actor.fn, tuple(message.args), dict(message.kwargs))
-            if actor is not None
-            else None,
+            queue_latency_ms=queue_latency_ms(message, int(time.time() * 1000)),
+            args=arguments,
         )
 
     def after_process_message(

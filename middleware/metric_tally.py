@@ -1,11 +1,12 @@
 """Metric updates gathered in memory and written to prometheus-client once a second.
 
 In multiprocess mode every ``inc()`` and ``observe()`` of prometheus-client takes
-a lock and writes an mmapped file; a job moves seven values (two histograms of
-two values each, the in-flight gauge twice, a counter), which cost a no-op job
-on RabbitMQ about a tenth of its time. ``Tally`` keeps the changes in dicts
-and a daemon thread applies their sums every ``interval_s`` (and on ``flush()``,
-at worker shutdown), so a scrape trails the workers by at most that long.
+a lock and writes an mmapped file; a job moves five values (two histograms of
+two values each, a counter), which cost a no-op job on RabbitMQ about a tenth
+of its time. ``Tally`` keeps the changes in dicts and a daemon thread applies
+their sums every ``interval_s`` (and on ``flush()``, at worker shutdown), along
+with gauges read at that moment, so a scrape trails the workers by at most
+that long.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 FLUSH_INTERVAL_S = 1.0
@@ -21,9 +23,24 @@ FLUSH_INTERVAL_S = 1.0
 class Tally:
     """Pending increments per metric child (counters, gauges) and per histogram child."""
 
-    def __init__(self, interval_s: float = FLUSH_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        interval_s: float = FLUSH_INTERVAL_S,
+        gauges: Callable[[], dict[Any, float]] | None = None,
+        job_children: Callable[[Any], tuple[Any, Any, Any, Any]] | None = None,
+        job_bounds: tuple[float, ...] = (),
+    ) -> None:
         self.interval_s = interval_s
+        #: Read at each flush: gauge child -> value to set (levels, not changes).
+        self.gauges = gauges
+        #: For job(): key -> (succeeded counter, failed counter, latency and duration
+        #: histograms), whose buckets' upper bounds are ``job_bounds``.
+        self.job_children = job_children
+        self.job_bounds = job_bounds
         self._lock = threading.Lock()
+        #: key -> [succeeded, failed, latency sum, duration sum, latency buckets...,
+        #: duration buckets...]
+        self._jobs: dict[Any, list[float]] = {}
         self._increments: defaultdict[Any, float] = defaultdict(float)
         #: histogram child -> [sum of observations, count per bucket...]
         self._histograms: dict[Any, list[float]] = {}
@@ -55,6 +72,21 @@ class Tally:
                 pending[0] += value
                 pending[index + 1] += 1
 
+    def job(self, key: Any, succeeded: bool, latency_s: float, duration_s: float) -> None:
+        """One finished attempt: outcome, queue latency and duration, in one call and one lock."""
+        bounds = self.job_bounds
+        latency_bucket = bisect.bisect_left(bounds, latency_s)
+        duration_bucket = bisect.bisect_left(bounds, duration_s) + len(bounds)
+        with self._lock:
+            stats = self._jobs.get(key)
+            if stats is None:
+                stats = self._jobs[key] = [0.0] * (4 + 2 * len(bounds))
+            stats[0 if succeeded else 1] += 1
+            stats[2] += latency_s
+            stats[3] += duration_s
+            stats[4 + latency_bucket] += 1
+            stats[4 + duration_bucket] += 1
+
     def start(self) -> None:
         if self._thread is None:
             self._stopping.clear()
@@ -74,12 +106,30 @@ class Tally:
         with self._lock:
             increments, self._increments = self._increments, defaultdict(float)
             histograms, self._histograms = self._histograms, {}
+            jobs, self._jobs = self._jobs, {}
+        for key, stats in jobs.items():
+            assert self.job_children is not None
+            succeeded, failed, latency, duration = self.job_children(key)
+            increments[succeeded] += stats[0]
+            increments[failed] += stats[1]
+            n = len(self.job_bounds)
+            _apply(latency, stats[2], stats[4 : 4 + n])
+            _apply(duration, stats[3], stats[4 + n :])
         for child, amount in increments.items():
             if amount:
                 child.inc(amount)
         for child, (total, *counts) in histograms.items():
-            # What Histogram.observe() does, once per bucket instead of once per job.
-            child._sum.inc(total)
-            for bucket, count in zip(child._buckets, counts, strict=True):
-                if count:
-                    bucket.inc(count)
+            _apply(child, total, counts)
+        if self.gauges is not None:
+            for child, value in self.gauges().items():
+                child.set(value)
+
+
+def _apply(histogram: Any, total: float, counts: list[float]) -> None:
+    """What Histogram.observe() does, once per bucket instead of once per observation."""
+    if not any(counts):
+        return
+    histogram._sum.inc(total)
+    for bucket, count in zip(histogram._buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)

@@ -18,12 +18,14 @@ import contextlib
 import ipaddress
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from threading import get_ident
 from typing import Any
 
 from dramatiq import Broker, Message, Middleware, Worker
@@ -31,7 +33,7 @@ from dramatiq import Broker, Message, Middleware, Worker
 from brokers.processes import pid_alive
 
 from . import outcomes
-from .deliveries import CurrentDelivery, queue_latency_ms, unwrap
+from .deliveries import queue_latency_ms, unwrap
 from .metric_tally import Tally
 
 ENABLED_ENV = "JOBKIT_METRICS"
@@ -67,10 +69,17 @@ class Metrics(Middleware):
     def __init__(self) -> None:
         self.on = enabled()
         self._m: dict[str, Any] = {}
-        self._delivery = CurrentDelivery()
+        #: Worker thread -> [message id, (actor, queue), monotonic start or None once it
+        #: ended, queue latency in s], from a job's start to its ack or nack. One dict
+        #: store per job: the in-flight gauge is counted from it at each flush.
+        self._jobs: dict[int, list[Any]] = {}
         #: (metric, label values) -> child: prometheus-client's labels() is slow per call.
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
-        self._tally = Tally()
+        self._tally = Tally(
+            gauges=self._in_flight,
+            job_children=self._job_children,
+            job_bounds=(*LATENCY_BUCKETS, math.inf),
+        )
 
     @property
     def forks(self) -> list[Any]:
@@ -129,17 +138,42 @@ class Metrics(Middleware):
             child = self._children[key] = self._m[name].labels(*labels)
         return child
 
+    def _in_flight(self) -> dict[Any, float]:
+        counts = dict.fromkeys(
+            (child for (name, _), child in list(self._children.items()) if name == "in_flight"), 0
+        )
+        for _, labels, started in list(self._jobs.values()):
+            if started is not None:
+                child = self._child("in_flight", *labels)
+                counts[child] = counts.get(child, 0) + 1
+        return counts
+
+    def _job_children(self, labels: tuple[str, str]) -> tuple[Any, Any, Any, Any]:
+        return (
+            self._child("jobs", *labels, "succeeded"),
+            self._child("jobs", *labels, "failed"),
+            self._child("latency", *labels),
+            self._child("duration", *labels),
+        )
+
     def before_process_message(self, broker: Broker, message: Message) -> None:
         if not self._m:
             return
         message = unwrap(message)
-        labels = (message.actor_name, message.queue_name)
-        latency_s = queue_latency_ms(message, int(time.time() * 1000)) / 1000
-        self._tally.update(
-            ((self._child("in_flight", *labels), 1),),
-            ((self._child("latency", *labels), latency_s),),
-        )
-        self._delivery.start(message, started=time.monotonic())
+        latency_ms = queue_latency_ms(message, int(time.time() * 1000))
+        self._jobs[get_ident()] = [
+            message.message_id,
+            (message.actor_name, message.queue_name),
+            time.monotonic(),
+            latency_ms / 1000,
+        ]
+
+    def _ended(self, message: Message) -> list[Any] | None:
+        """This thread's record of ``message`` if it started here and had not ended yet."""
+        job = self._jobs.get(get_ident())
+        if job is None or job[0] != message.message_id or job[2] is None:
+            return None
+        return job
 
     def after_process_message(
         self, broker: Broker, message: Message, *, result: Any = None, exception: Any = None
@@ -147,45 +181,43 @@ class Metrics(Middleware):
         if not self._m:
             return
         message = unwrap(message)
-        delivery = self._delivery.get(message)
-        started = delivery.pop("started", None) if delivery else None
-        labels = (message.actor_name, message.queue_name)
-        outcome = self._child("jobs", *labels, "succeeded" if exception is None else "failed")
-        if started is None:
-            self._tally.update(((outcome, 1),))
+        job = self._ended(message)
+        if job is None:
+            outcome = "succeeded" if exception is None else "failed"
+            self._tally.inc(self._child("jobs", message.actor_name, message.queue_name, outcome))
             return
-        self._tally.update(
-            ((outcome, 1), (self._child("in_flight", *labels), -1)),
-            ((self._child("duration", *labels), time.monotonic() - started),),
-        )
+        duration, job[2] = time.monotonic() - job[2], None
+        self._tally.job(job[1], exception is None, job[3], duration)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
         if not self._m:
             return
+        job = self._ended(message)
+        if job is not None:
+            job[2] = None
         labels = (message.actor_name, message.queue_name)
-        delivery = self._delivery.get(message)
-        if delivery is not None and delivery.pop("started", None) is not None:
-            self._tally.inc(self._child("in_flight", *labels), -1)
         if outcomes.peek(message.message_id) == outcomes.DEFERRED:
             self._tally.inc(self._child("rate_limited", *labels))
         else:
             self._tally.inc(self._child("jobs", *labels, "skipped"))
 
     def after_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
-        # Re-enqueued while this process handles it: a retry (deferrals are counted apart).
+        # Re-enqueued while this thread handles it: a retry (deferrals are counted apart).
+        if not self._m or delay is None:
+            return
+        job = self._jobs.get(get_ident())
         if (
-            self._m
-            and delay is not None
-            and self._delivery.get(message) is not None
+            job is not None
+            and job[0] == message.message_id
             and outcomes.peek(message.message_id) != outcomes.DEFERRED
         ):
             self._tally.inc(self._child("retried", message.actor_name, message.queue_name))
 
     def after_ack(self, broker: Broker, message: Message) -> None:
-        self._delivery.end(unwrap(message))
+        self._jobs.pop(get_ident(), None)
 
     def after_nack(self, broker: Broker, message: Message) -> None:
-        self._delivery.end(message)
+        self._jobs.pop(get_ident(), None)
 
     def after_dead_letter(self, broker: Broker, record: dict[str, Any]) -> None:
         if self._m:

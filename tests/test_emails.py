@@ -291,8 +291,9 @@ def test_sending_is_rate_limited_per_recipient_domain(
     times = {rcpt[0]: at for _, rcpt, _, at in smtp.mailbox.accepted}
     slow = sorted(at for address, at in times.items() if address.endswith("@slow.example"))
     # 4/s is one start every 250 ms. The limiter fixes start slots, not the gaps between
-    # SMTP deliveries: a job that starts late in its slot leaves a shorter gap after it.
+    # SMTP deliveries: a job that starts late in its slot (a busy machine: seen 140 ms
+    # late) leaves a shorter gap after it. Unlimited, all three land within milliseconds.
     assert slow[2] - slow[0] >= 0.45
-    assert slow[1] - slow[0] >= 0.15 and slow[2] - slow[1] >= 0.15
+    assert slow[1] - slow[0] >= 0.05 and slow[2] - slow[1] >= 0.05
     # Another domain is not held back behind them.
     assert times["ada@other.example"] < slow[2]

@@ -77,8 +77,21 @@ def test_metrics_endpoint_counts_what_ran(
     url = f"http://127.0.0.1:{port}/metrics"
     try:
         assert wait_until(lambda: _ends(output) >= 28, timeout=60), output.read_text()[-3000:]
-        assert wait_until(lambda: _value(_samples(url), "jobkit_jobs_total") >= 32, timeout=10)
-        samples = _samples(url)
+        # Each process writes its counts once a second: wait for every process's last write.
+        samples: dict = {}
+
+        def written() -> bool:
+            nonlocal samples
+            samples = _samples(url)
+            return (
+                _value(samples, "jobkit_jobs_total") >= 32
+                and _value(samples, "jobkit_jobs_retried_total") >= 4
+                and _value(samples, "jobkit_jobs_dead_lettered_total") >= 2
+                and _value(samples, "jobkit_job_duration_seconds_count") >= 30
+                and _value(samples, "jobkit_jobs_in_flight") == 0
+            )
+
+        assert wait_until(written, timeout=10), samples
         stats = run_jobkit("stats", "--json", "--interval", "0.5", "--url", url, env=env)
     finally:
         stop_process_group(workers)
