@@ -50,6 +50,8 @@ from brokers import send_many
 
 SCENARIOS = ("enqueue", "drain", "latency_bound", "e2e_latency", "priority", "peers")
 DRAIN_SHAPES = ((1, 1), (1, 8), (2, 8))
+#: --quick skips 1 x 1: a worker boot per measurement is most of a quick run's time.
+QUICK_DRAIN_SHAPES = ((1, 8), (2, 8))
 
 
 def full_stack() -> System:
@@ -77,11 +79,14 @@ class Settings:
     latency_seconds: float
     backlog: int
     trials: int
+    drain_shapes: tuple[tuple[int, int], ...] = DRAIN_SHAPES
 
     @classmethod
     def of(cls, messages: int, repeat: int, quick: bool) -> Settings:
         if quick:
-            return cls(messages, repeat, messages, min(messages, 500), 100, 1.5, 500, 5)
+            return cls(
+                messages, repeat, messages, min(messages, 500), 100, 1.0, 500, 5, QUICK_DRAIN_SHAPES
+            )
         return cls(messages, repeat, messages, min(messages, 2000), 200, 5, 5000, 20)
 
 
@@ -155,7 +160,7 @@ class Runner:
                     system, url, jobs=self._drain_jobs(p * t), processes=p, threads=t
                 ),
             )
-            for p, t in DRAIN_SHAPES
+            for p, t in self.settings.drain_shapes
         }
 
     def _drain_jobs(self, threads: int) -> int:
@@ -255,7 +260,7 @@ class Runner:
         r = self.settings.repeat
         per_broker = {
             "enqueue": 0,
-            "drain": 2 * r * len(DRAIN_SHAPES),
+            "drain": 2 * r * len(self.settings.drain_shapes),
             "latency_bound": 2 * r,
             "e2e_latency": 2,
             "priority": 2,

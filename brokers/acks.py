@@ -39,6 +39,7 @@ class AckBatcher:
         self._all_sent = threading.Condition(self._lock)
         self._pending: list[str] = []
         self._sending = 0
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -57,11 +58,25 @@ class AckBatcher:
         with self._lock:
             return self._all_sent.wait_for(lambda: not self._pending and not self._sending, timeout)
 
+    def stop(self, timeout: float) -> int:
+        """Send what is pending (waiting up to ``timeout`` s), then end the thread.
+
+        Returns how many acks were left unsent (dropped: their jobs run again).
+        """
+        self.flush(timeout)
+        with self._lock:
+            self._stopped = True
+            left, self._pending = len(self._pending) + self._sending, []
+            self._has_work.notify()
+        return left
+
     def _run(self) -> None:
         failing = False
         while True:
             with self._lock:
                 while not self._pending:
+                    if self._stopped:
+                        return
                     self._has_work.wait()
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 self._sending = len(batch)
@@ -81,6 +96,9 @@ class AckBatcher:
                     )
                 failing = True
                 time.sleep(RETRY_INTERVAL_S)
+                with self._lock:
+                    if self._stopped:
+                        return
                 continue
             if failing:
                 logger.warning("acks are going through again")

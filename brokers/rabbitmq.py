@@ -256,6 +256,7 @@ class PriorityRabbitmqBroker(CachedHooks, RabbitmqBroker):
         # All through before_enqueue first: an invalid message fails the call before any is sent.
         prepared = [self._prepare(message, delay) for message in messages]
         connection = pika.BlockingConnection(self.parameters)
+        publisher: _ConfirmedPublisher | None = None
         try:
             publisher = _ConfirmedPublisher(connection, window=batch_size)
             published: list[Message] = []
@@ -276,6 +277,8 @@ class PriorityRabbitmqBroker(CachedHooks, RabbitmqBroker):
             return sent
         finally:
             with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                if publisher is not None:
+                    publisher.release()
                 connection.close()
 
     def _prepare(self, message: Message, delay: int | None) -> Message:
@@ -351,6 +354,51 @@ class _ConfirmedPublisher:
         self.channel.add_on_return_callback(self._on_return)
         self.channel.confirm_delivery(self._on_confirm, callback=lambda _frame: ready.append(True))
         self._run_until(lambda: bool(ready), 10.0)
+        self._frames: list[bytes] = []
+        self._frames_size = 0
+        self._gather_frames(connection._impl)
+
+    def _gather_frames(self, impl: Any) -> None:
+        """Write many messages' frames to the socket in one call instead of one per frame.
+
+        pika writes each frame (three per message) with its own ``send()``: about
+        a third of the bulk path's CPU. This connection is the publisher's own,
+        so its frames are gathered here and written whenever the event loop runs
+        or 64 KiB wait. Left as is if pika's internals differ from 1.3/1.4's.
+        """
+        emit = getattr(impl, "_adapter_emit_data", None)
+        if emit is None or not hasattr(impl, "_output_marshaled_frames"):
+            return
+
+        def output(frames: Any) -> None:
+            for frame_bytes in frames:
+                self._frames.append(frame_bytes)
+                self._frames_size += len(frame_bytes)
+            impl.frames_sent += len(frames)
+            if self._frames_size >= 65536:
+                self._write_frames()
+
+        def write() -> None:
+            if self._frames:
+                data = b"".join(self._frames)
+                self._frames.clear()
+                self._frames_size = 0
+                impl.bytes_sent += len(data)
+                emit(data)
+
+        def release() -> None:
+            write()
+            del impl._output_marshaled_frames  # pika's own again (closing frames go out)
+
+        self._write_frames = write
+        self.release = release
+        impl._output_marshaled_frames = output
+
+    def _write_frames(self) -> None:
+        """Replaced by _gather_frames when it applies."""
+
+    def release(self) -> None:
+        """Stop gathering frames (before the connection closes); replaced likewise."""
 
     def publish(self, message: Message) -> None:
         priority = message.options.get("broker_priority")
@@ -375,9 +423,11 @@ class _ConfirmedPublisher:
     def _run_until(self, done: Any, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not done() and time.monotonic() < deadline:
+            self._write_frames()
             # Short slices: the blocking connection does not return early for callbacks
             # of the channel underneath, only when its time limit runs out.
             self.connection.process_data_events(time_limit=0.002)
+        self._write_frames()
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method

@@ -46,6 +46,8 @@ DEFAULT_HEARTBEAT_TIMEOUT_MS = 60_000
 MIN_HEARTBEAT_TIMEOUT_MS = 1_000
 #: How often each worker process looks for dead workers (less when the timeout is short).
 SWEEP_INTERVAL_S = 5.0
+#: How long closing a consumer (or the broker) waits for its pending acks to go out.
+ACK_FLUSH_TIMEOUT_S = 2.0
 
 NAMESPACE = "dramatiq"
 DISPATCH_SCRIPT = (Path(__file__).parent / "lua" / "dispatch.lua").read_bytes()
@@ -89,6 +91,19 @@ class PriorityRedisBroker(CachedHooks, RedisBroker):
                         name=f"jobkit-acks-{queue_name}",
                     )
         return batcher
+
+    def close(self) -> None:
+        # Pending acks first: they need the connection pool that close() disconnects.
+        with self._ack_batchers_lock:
+            batchers, self._ack_batchers = self._ack_batchers, {}
+        for (pid, queue_name), batcher in batchers.items():
+            if pid == os.getpid() and batcher.stop(ACK_FLUSH_TIMEOUT_S):
+                logger.warning(
+                    "acks on queue %s not sent at close; those jobs run again after the "
+                    "heartbeat timeout",
+                    queue_name,
+                )
+        super().close()
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
@@ -239,8 +254,6 @@ class PriorityRedisConsumer(_RedisConsumer):
     """
 
     message_cache: list[tuple[bytes, bytes | None, int]]
-    #: How long ``close`` waits for pending acks to go out.
-    ack_flush_timeout_s = 5.0
 
     def ack(self, message: MessageProxy) -> None:
         # On the current queue (a delayed message is acked on the delay queue), as Dramatiq.
@@ -300,7 +313,7 @@ class PriorityRedisConsumer(_RedisConsumer):
 
     def close(self) -> None:
         batcher = self.broker.ack_batcher(self.queue_name)
-        if not batcher.flush(self.ack_flush_timeout_s):
+        if not batcher.flush(ACK_FLUSH_TIMEOUT_S):
             logger.warning(
                 "%d ack(s) on queue %s not sent at close; those jobs run again after "
                 "the heartbeat timeout",

@@ -231,6 +231,7 @@ def configure_logging(fmt: str | None = None, *, force: bool = False) -> str:
         root = logging.getLogger()
         if not root.handlers:
             root.addHandler(logging.StreamHandler(sys.stderr))
+        _serialize_pipe_writes(root)
         for handler in root.handlers:
             handler.setFormatter(formatter)
             if not any(isinstance(f, SafeRecords) for f in handler.filters):
@@ -244,6 +245,47 @@ def configure_logging(fmt: str | None = None, *, force: bool = False) -> str:
         _set_job_events(root, fmt)
         _configured = fmt
     return fmt
+
+
+class SerializedStream:
+    """A stream whose writes take its handler's lock.
+
+    Under dramatiq a worker's stdout, stderr and log handler are one pipe to the
+    main process, which frames every write (a length, then the bytes). Two
+    threads writing at once, say the log flush and a thread's traceback or an
+    actor's ``print``, can interleave those parts, after which the main process
+    waits forever for bytes that never come and the worker blocks on a full
+    pipe. Every writer goes through this lock instead.
+    """
+
+    def __init__(self, stream: Any, lock: Any) -> None:
+        self.stream = stream
+        self.lock = lock
+
+    def write(self, text: str) -> None:
+        with self.lock:
+            self.stream.write(text)
+
+    def flush(self) -> None:
+        with self.lock:
+            self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def _serialize_pipe_writes(root: logging.Logger) -> None:
+    """Under dramatiq: stdout, stderr and the root handler share one lock (SerializedStream)."""
+    from dramatiq.compat import StreamablePipe
+
+    for handler in root.handlers:
+        stream = getattr(handler, "stream", None)
+        if isinstance(stream, StreamablePipe) and handler.lock is not None:
+            locked = SerializedStream(stream, handler.lock)
+            handler.stream = locked
+            for name in ("stdout", "stderr"):
+                if getattr(sys, name) is stream:
+                    setattr(sys, name, locked)
 
 
 class LineBuffer:
@@ -309,15 +351,30 @@ class LineBuffer:
             count = len(lines)
             if not count:
                 return
-            text = "".join([_line(lines.popleft()) for _ in range(count)])
-            with contextlib.suppress(OSError, ValueError):
-                self.stream.write(text)  # ValueError/OSError: a stream closed at exit
-                self.stream.flush()
+            chunk: list[str] = []
+            size = 0
+            for _ in range(count):
+                line = _line(lines.popleft())
+                if chunk and size + len(line) > CHUNK_CHARS:
+                    self._write("".join(chunk))
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+            self._write("".join(chunk))
+
+    def _write(self, text: str) -> None:
+        with contextlib.suppress(OSError, ValueError):  # a stream closed at exit
+            self.stream.write(text)
+            self.stream.flush()
 
     def _flush_often(self) -> None:
         while True:
             time.sleep(self.interval)
             self.flush_now()
+
+
+#: Characters per write: under dramatiq, a pipe message of up to 16 KiB goes in one write.
+CHUNK_CHARS = 16_000
 
 
 def _line(item: str | tuple[Callable[[Any], str], Any]) -> str:

@@ -12,12 +12,15 @@ that long.
 from __future__ import annotations
 
 import bisect
+import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 FLUSH_INTERVAL_S = 1.0
+
+logger = logging.getLogger("jobkit.metrics")
 
 
 class Tally:
@@ -99,7 +102,10 @@ class Tally:
 
     def _run(self) -> None:
         while not self._stopping.wait(self.interval_s):
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # a bad value must not stop the metrics for good
+                logger.exception("metrics: could not write this second's changes")
 
     def flush(self) -> None:
         """Apply every pending change to prometheus-client's values."""

@@ -142,7 +142,7 @@ class Metrics(Middleware):
         counts = dict.fromkeys(
             (child for (name, _), child in list(self._children.items()) if name == "in_flight"), 0
         )
-        for _, labels, started in list(self._jobs.values()):
+        for _, labels, started, _ in list(self._jobs.values()):
             if started is not None:
                 child = self._child("in_flight", *labels)
                 counts[child] = counts.get(child, 0) + 1

@@ -63,6 +63,27 @@ def test_acks_that_fail_are_kept_and_retried_with_one_warning(
     assert any("going through again" in w for w in warnings)
 
 
+def test_stop_sends_what_is_pending_then_ends_the_thread() -> None:
+    sent: list[str] = []
+    batcher = AckBatcher(sent.extend, name="test-acks")
+    batcher.add("a")
+    assert batcher.stop(5) == 0
+    assert sent == ["a"]
+    batcher._thread.join(5)
+    assert not batcher._thread.is_alive()
+
+
+def test_stop_drops_and_counts_acks_the_broker_never_took() -> None:
+    def send(ids: list[str]) -> None:
+        raise ConnectionError("down")
+
+    batcher = AckBatcher(send, name="test-acks")
+    batcher.add("a")
+    assert batcher.stop(0.2) == 1
+    batcher._thread.join(5)
+    assert not batcher._thread.is_alive()
+
+
 def test_flush_gives_up_after_its_timeout_while_the_broker_is_down() -> None:
     def send(ids: list[str]) -> None:
         raise ConnectionError("down")

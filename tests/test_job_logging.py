@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -135,6 +136,44 @@ def test_stock_dramatiq_with_skip_logging_prints_only_json(
     finally:
         flush(broker)
         broker.close()
+
+
+def test_long_prints_from_many_threads_neither_hang_the_worker_nor_break_lines(
+    tmp_path: Path,
+) -> None:
+    """Dramatiq frames each write to its log pipe; concurrent writers must not split frames."""
+    from tests.conftest import flush, make_broker
+    from tests.support.logged import NOISE
+
+    broker = make_broker("redis")
+    flush(broker)
+    output = tmp_path / "worker.out"
+    env = child_env(url_for("redis"), JOBKIT_LOG_FORMAT="json")
+    module_args = ["tests.support.logged_worker", "-p", "1", "-t", "8", "-Q", "jobkit-test"]
+    workers = start_dramatiq(*module_args, env=env, log=output)
+    try:
+        noisy = declare_logged(broker).noisy
+        for n in range(200):
+            noisy.send(n)
+
+        def done() -> int:
+            return output.read_text(errors="replace").count('"event":"job.succeeded"')
+
+        assert wait_until(lambda: done() >= 200, timeout=90, interval=0.25), done()
+    finally:
+        stop_process_group(workers)
+        flush(broker)
+        broker.close()
+    text = output.read_text()  # raises if the relayed bytes are not UTF-8: a split frame
+    # print() writes the text and its newline separately, so another thread's line can
+    # land in between; each write arrives whole.
+    assert sorted(int(n) for n in re.findall(rf"stdout (\d+) o{{{NOISE}}}", text)) == list(
+        range(200)
+    )
+    written = re.findall(rf"stderr (\d+) e{{{NOISE}}}\n", text)  # one write with its newline
+    assert sorted(int(n) for n in written) == list(range(200))
+    events = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert sum(e["event"] == "job.succeeded" for e in events) == 200
 
 
 def _run_and_check(

@@ -188,6 +188,48 @@ def test_the_tally_writes_what_prometheus_client_would_have() -> None:
     assert _values(batched) == _values(direct)
 
 
+def test_a_job_s_hooks_count_it_time_it_and_show_it_in_flight_while_it_runs() -> None:
+    import prometheus_client as prom
+    from dramatiq import Message
+
+    from middleware.metrics import LATENCY_BUCKETS, Metrics
+
+    registry = prom.CollectorRegistry()
+    metrics = Metrics()
+    labels = ("actor", "queue")
+    metrics._m = {
+        "jobs": prom.Counter("jobs", "", (*labels, "outcome"), registry=registry),
+        "latency": prom.Histogram("lat", "", labels, buckets=LATENCY_BUCKETS, registry=registry),
+        "duration": prom.Histogram("dur", "", labels, buckets=LATENCY_BUCKETS, registry=registry),
+        "in_flight": prom.Gauge("inflight", "", labels, registry=registry),
+    }
+
+    def value(name: str, **wanted: str) -> float:
+        return sum(
+            v
+            for n, sample_labels, v in _values(registry)
+            if n == name and wanted.items() <= sample_labels.items()
+        )
+
+    messages = [
+        Message(queue_name="q", actor_name="job", args=(), kwargs={}, options={}) for _ in range(2)
+    ]
+    metrics.before_process_message(None, messages[0])  # type: ignore[arg-type]
+    metrics._tally.flush()
+    assert value("inflight", actor="job") == 1  # counted while it runs
+    metrics.after_process_message(None, messages[0])  # type: ignore[arg-type]
+    metrics.after_ack(None, messages[0])  # type: ignore[arg-type]
+    metrics.before_process_message(None, messages[1])  # type: ignore[arg-type]
+    metrics.after_process_message(None, messages[1], exception=ValueError("no"))  # type: ignore[arg-type]
+    metrics.after_nack(None, messages[1])  # type: ignore[arg-type]
+    metrics._tally.flush()
+    assert value("inflight", actor="job") == 0
+    assert value("jobs_total", outcome="succeeded") == 1
+    assert value("jobs_total", outcome="failed") == 1
+    assert value("lat_count") == 2 and value("dur_count") == 2
+    assert value("dur_bucket", le="0.005") == 2  # both took well under 5 ms
+
+
 def _values(registry: Any) -> list[tuple[str, dict[str, str], float]]:
     return [
         (sample.name, sample.labels, sample.value)

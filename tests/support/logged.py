@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +16,14 @@ QUEUE = "jobkit-test"
 MARKERS_ENV = "JOBKIT_TEST_MARKERS"
 
 
+NOISE = 30_000  # characters per printed line: over the 16 KiB a pipe message sends in one write
+
+
 @dataclass(frozen=True)
 class LoggedActors:
     flaky: Actor
     doomed: Actor
+    noisy: Actor
 
 
 def declare_logged(broker: Broker) -> LoggedActors:
@@ -34,7 +39,14 @@ def declare_logged(broker: Broker) -> LoggedActors:
     def doomed(n: int, api_key: str) -> None:
         raise ValueError(f"job {n} always fails")
 
+    def noisy(n: int) -> None:
+        """Prints long lines to stdout and stderr, as careless actor code does."""
+        print(f"stdout {n} " + "o" * NOISE)
+        sys.stderr.write(f"stderr {n} " + "e" * NOISE + "\n")
+        logging.getLogger("app").info("noisy %s done", n)
+
     return LoggedActors(
+        noisy=dramatiq.actor(noisy, broker=broker, queue_name=QUEUE, max_retries=0),
         flaky=dramatiq.actor(
             flaky, broker=broker, queue_name=QUEUE, min_backoff=100, max_backoff=200
         ),
