@@ -350,13 +350,11 @@ class _ConfirmedPublisher:
         self._pending: dict[int, str] = {}
         self._returned: set[str] = set()
         self._properties: dict[Any, pika.BasicProperties] = {}
+        self._gather_frames(connection._impl)
         ready: list[bool] = []
         self.channel.add_on_return_callback(self._on_return)
         self.channel.confirm_delivery(self._on_confirm, callback=lambda _frame: ready.append(True))
         self._run_until(lambda: bool(ready), 10.0)
-        self._frames: list[bytes] = []
-        self._frames_size = 0
-        self._gather_frames(connection._impl)
 
     def _gather_frames(self, impl: Any) -> None:
         """Write many messages' frames to the socket in one call instead of one per frame.
@@ -366,39 +364,36 @@ class _ConfirmedPublisher:
         so its frames are gathered here and written whenever the event loop runs
         or 64 KiB wait. Left as is if pika's internals differ from 1.3/1.4's.
         """
-        emit = getattr(impl, "_adapter_emit_data", None)
-        if emit is None or not hasattr(impl, "_output_marshaled_frames"):
+        self._impl = impl
+        self._frames: list[bytes] = []
+        self._frames_size = 0
+        self._emit = getattr(impl, "_adapter_emit_data", None)
+        if self._emit is None or not hasattr(impl, "_output_marshaled_frames"):
+            self._emit = None
             return
+        impl._output_marshaled_frames = self._gather
 
-        def output(frames: Any) -> None:
-            for frame_bytes in frames:
-                self._frames.append(frame_bytes)
-                self._frames_size += len(frame_bytes)
-            impl.frames_sent += len(frames)
-            if self._frames_size >= 65536:
-                self._write_frames()
-
-        def write() -> None:
-            if self._frames:
-                data = b"".join(self._frames)
-                self._frames.clear()
-                self._frames_size = 0
-                impl.bytes_sent += len(data)
-                emit(data)
-
-        def release() -> None:
-            write()
-            del impl._output_marshaled_frames  # pika's own again (closing frames go out)
-
-        self._write_frames = write
-        self.release = release
-        impl._output_marshaled_frames = output
+    def _gather(self, frames: Any) -> None:
+        self._frames.extend(frames)
+        self._frames_size += sum(len(frame) for frame in frames)
+        self._impl.frames_sent += len(frames)
+        if self._frames_size >= 65536:
+            self._write_frames()
 
     def _write_frames(self) -> None:
-        """Replaced by _gather_frames when it applies."""
+        if self._frames:
+            data = b"".join(self._frames)
+            self._frames.clear()
+            self._frames_size = 0
+            self._impl.bytes_sent += len(data)
+            self._emit(data)  # type: ignore[misc] - frames gather only when it is set
 
     def release(self) -> None:
-        """Stop gathering frames (before the connection closes); replaced likewise."""
+        """Write what is gathered and give pika its own writer back (closing frames go out)."""
+        if self._emit is not None:
+            self._write_frames()
+            del self._impl._output_marshaled_frames
+            self._emit = None
 
     def publish(self, message: Message) -> None:
         priority = message.options.get("broker_priority")

@@ -312,8 +312,9 @@ class PriorityRedisConsumer(_RedisConsumer):
         self.broker.requeue_ids(self.queue_name, pairs)
 
     def close(self) -> None:
-        batcher = self.broker.ack_batcher(self.queue_name)
-        if not batcher.flush(ACK_FLUSH_TIMEOUT_S):
+        # Only a batcher this process already has: closing must not start one.
+        batcher = self.broker._ack_batchers.get((os.getpid(), self.queue_name))
+        if batcher is not None and not batcher.flush(ACK_FLUSH_TIMEOUT_S):
             logger.warning(
                 "%d ack(s) on queue %s not sent at close; those jobs run again after "
                 "the heartbeat timeout",

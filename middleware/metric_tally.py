@@ -55,25 +55,14 @@ class Tally:
             self._increments[child] += amount
 
     def observe(self, child: Any, value: float) -> None:
-        self.update((), ((child, value),))
-
-    def update(
-        self,
-        increments: tuple[tuple[Any, float], ...],
-        observations: tuple[tuple[Any, float], ...] = (),
-    ) -> None:
-        """Several changes under one lock (a job's start or end moves two or three values)."""
+        # prometheus-client's own bucket rule: the first upper bound >= value.
+        index = bisect.bisect_left(child._upper_bounds, value)
         with self._lock:
-            for child, amount in increments:
-                self._increments[child] += amount
-            for child, value in observations:
-                # prometheus-client's own bucket rule: the first upper bound >= value.
-                index = bisect.bisect_left(child._upper_bounds, value)
-                pending = self._histograms.get(child)
-                if pending is None:
-                    pending = self._histograms[child] = [0.0] * (len(child._upper_bounds) + 1)
-                pending[0] += value
-                pending[index + 1] += 1
+            pending = self._histograms.get(child)
+            if pending is None:
+                pending = self._histograms[child] = [0.0] * (len(child._upper_bounds) + 1)
+            pending[0] += value
+            pending[index + 1] += 1
 
     def job(self, key: Any, succeeded: bool, latency_s: float, duration_s: float) -> None:
         """One finished attempt: outcome, queue latency and duration, in one call and one lock."""

@@ -73,11 +73,12 @@ def test_stop_sends_what_is_pending_then_ends_the_thread() -> None:
     assert not batcher._thread.is_alive()
 
 
-def test_stop_drops_and_counts_acks_the_broker_never_took() -> None:
-    def send(ids: list[str]) -> None:
-        raise ConnectionError("down")
+def _broker_down(ids: list[str]) -> None:
+    raise ConnectionError("down")
 
-    batcher = AckBatcher(send, name="test-acks")
+
+def test_stop_drops_and_counts_acks_the_broker_never_took() -> None:
+    batcher = AckBatcher(_broker_down, name="test-acks")
     batcher.add("a")
     assert batcher.stop(0.2) == 1
     batcher._thread.join(5)
@@ -85,10 +86,7 @@ def test_stop_drops_and_counts_acks_the_broker_never_took() -> None:
 
 
 def test_flush_gives_up_after_its_timeout_while_the_broker_is_down() -> None:
-    def send(ids: list[str]) -> None:
-        raise ConnectionError("down")
-
-    batcher = AckBatcher(send, name="test-acks")
+    batcher = AckBatcher(_broker_down, name="test-acks")
     batcher.add("a")
     assert not batcher.flush(0.2)
     assert batcher.pending == 1
