@@ -248,7 +248,7 @@ def configure_logging(fmt: str | None = None, *, force: bool = False) -> str:
 
 
 class SerializedStream:
-    """A stream whose writes take its handler's lock.
+    """A stream whose writes take its handler's lock and arrive as whole lines.
 
     Under dramatiq a worker's stdout, stderr and log handler are one pipe to the
     main process, which frames every write (a length, then the bytes). Two
@@ -256,18 +256,50 @@ class SerializedStream:
     actor's ``print``, can interleave those parts, after which the main process
     waits forever for bytes that never come and the worker blocks on a full
     pipe. Every writer goes through this lock instead.
+
+    ``print`` writes its text and its newline in two calls; a job event written
+    between them would share the printed line and no longer parse as JSON. So a
+    thread's text after its last newline waits until that thread writes the
+    newline or flushes, as on a line-buffered terminal (up to ``HOLD_CHARS``).
     """
+
+    #: Characters a thread's unfinished line may hold before it is written anyway.
+    HOLD_CHARS = 1 << 16
 
     def __init__(self, stream: Any, lock: Any) -> None:
         self.stream = stream
         self.lock = lock
+        # Keyed by thread: only that thread reads or replaces its own entry.
+        self._unfinished: dict[int, str] = {}
+        atexit.register(self.flush_all)
 
-    def write(self, text: str) -> None:
-        with self.lock:
-            self.stream.write(text)
+    def write(self, text: str) -> int:
+        thread = threading.get_ident()
+        held = self._unfinished.pop(thread, None)
+        whole = held + text if held else text
+        end = whole.rfind("\n") + 1
+        if end < len(whole) and len(whole) - end < self.HOLD_CHARS:
+            self._unfinished[thread] = whole[end:]
+            whole = whole[:end]
+        if whole:
+            with self.lock:
+                self.stream.write(whole)
+        return len(text)
 
     def flush(self) -> None:
+        held = self._unfinished.pop(threading.get_ident(), None)
         with self.lock:
+            if held:
+                self.stream.write(held)
+            self.stream.flush()
+
+    def flush_all(self) -> None:
+        """Every thread's unfinished line, at exit."""
+        with self.lock, contextlib.suppress(OSError, ValueError):
+            for thread in list(self._unfinished):
+                held = self._unfinished.pop(thread, None)
+                if held:
+                    self.stream.write(held)
             self.stream.flush()
 
     def __getattr__(self, name: str) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from dramatiq import Broker
 
 from brokers.processes import start_process_group, stop_process_group
-from middleware.job_logging import SafeRecords, configure_logging
+from middleware.job_logging import SafeRecords, SerializedStream, configure_logging
 from middleware.redaction import REDACTED, Redactor, escape_control
 from tests.conftest import env_for, url_for
 from tests.support.logged import MARKERS_ENV, declare_logged
@@ -95,6 +96,34 @@ def test_a_value_with_newlines_cannot_start_a_new_line(fmt: str, own_logging: No
         assert [json.loads(line)["level"] for line in lines] == ["warning", "warning"]
 
 
+def test_a_threads_unfinished_line_waits_for_its_newline() -> None:
+    """print() writes text, then newline: nothing another thread writes may land between."""
+    writes: list[str] = []
+
+    class Pipe:
+        def write(self, text: str) -> None:
+            writes.append(text)
+
+        def flush(self) -> None:
+            writes.append("<flush>")
+
+    stream = SerializedStream(Pipe(), threading.RLock())
+    stream.write("printed")
+    other = threading.Thread(target=stream.write, args=('{"event":"job.succeeded"}\n',))
+    other.start()
+    other.join()
+    stream.write("\n")
+    stream.write("a\nb")
+    assert writes == ['{"event":"job.succeeded"}\n', "printed\n", "a\n"]
+    stream.flush()
+    assert writes[-2:] == ["b", "<flush>"]
+    stream.write("x" * SerializedStream.HOLD_CHARS)  # too long to hold
+    assert writes[-1] == "x" * SerializedStream.HOLD_CHARS
+    stream.write("left at exit")
+    stream.flush_all()
+    assert writes[-2:] == ["left at exit", "<flush>"]
+
+
 # ---------------------------------------------------------------- under the real CLI
 
 JOBS = 100
@@ -150,7 +179,7 @@ def test_long_prints_from_many_threads_neither_hang_the_worker_nor_break_lines(
     output = tmp_path / "worker.out"
     env = child_env(url_for("redis"), JOBKIT_LOG_FORMAT="json")
     module_args = ["tests.support.logged_worker", "-p", "1", "-t", "8", "-Q", "jobkit-test"]
-    workers = start_dramatiq(*module_args, env=env, log=output)
+    workers = start_dramatiq(*module_args, "--skip-logging", env=env, log=output)
     try:
         noisy = declare_logged(broker).noisy
         for n in range(200):
@@ -165,14 +194,16 @@ def test_long_prints_from_many_threads_neither_hang_the_worker_nor_break_lines(
         flush(broker)
         broker.close()
     text = output.read_text()  # raises if the relayed bytes are not UTF-8: a split frame
-    # print() writes the text and its newline separately, so another thread's line can
-    # land in between; each write arrives whole.
-    assert sorted(int(n) for n in re.findall(rf"stdout (\d+) o{{{NOISE}}}", text)) == list(
-        range(200)
-    )
-    written = re.findall(rf"stderr (\d+) e{{{NOISE}}}\n", text)  # one write with its newline
-    assert sorted(int(n) for n in written) == list(range(200))
-    events = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    printed, written, events = [], [], []
+    for line in text.splitlines():  # print()'s text and newline arrive as one line
+        if match := re.fullmatch(rf"stdout (\d+) o{{{NOISE}}}", line):
+            printed.append(int(match[1]))
+        elif match := re.fullmatch(rf"stderr (\d+) e{{{NOISE}}}", line):
+            written.append(int(match[1]))
+        else:
+            events.append(json.loads(line))
+    assert sorted(printed) == list(range(200))
+    assert sorted(written) == list(range(200))
     assert sum(e["event"] == "job.succeeded" for e in events) == 200
 
 
