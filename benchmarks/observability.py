@@ -88,7 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Measure no-op throughput with JSON job logs and metrics on vs off.",
     )
     add_common_arguments(parser)
-    parser.add_argument("--noop-jobs", type=int, default=5000, help="no-op jobs per run")
+    parser.add_argument(
+        "--noop-jobs", type=int, default=20_000, help="no-op jobs per run (default: 20000)"
+    )
     parser.add_argument("--repeat", type=int, default=5, help="runs per side")
     return run_benchmark(parser, parser.parse_args(argv), run, print_report)
 

@@ -82,7 +82,8 @@ def utc_timestamp(now: float | None = None) -> str:
     if whole != second:
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
         _second = (whole, text)
-    return f"{text}.{int((now - whole) * 1_000_000):06d}Z"
+    # %-formatting: twice as fast as an f-string with int(); %d truncates as int() does.
+    return text + ".%06dZ" % ((now - whole) * 1_000_000)  # noqa: UP031
 
 
 def _stamp(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -437,6 +438,9 @@ class JsonJobEvents:
         self._sink = sink
         self._level = level
         self._static = {"logger": "jobkit.jobs", "host": HOST, "pid": os.getpid()}
+        #: The static fields, rendered once: '{"logger":...,"pid":...,'.
+        self._prefix = _dumps(self._static).decode()[:-1] + ","
+        self._render_job = self._render_job_line  # bound once: a job hands over two events
         self._render = structlog.processors.JSONRenderer(_dumps)
         self._chain = structlog.wrap_logger(
             sink,
@@ -459,6 +463,20 @@ class JsonJobEvents:
             getattr(self._chain, name)(event, **fields)
             return
         self._sink.defer(self._render_line, (name, event, fields, time.time()))
+
+    def info_job(self, event: str, fields: dict[str, Any], extra: dict) -> None:
+        """A job's start or success at INFO: ``fields`` and ``extra`` are merged when rendered."""
+        if self._level <= logging.INFO:
+            self._sink.defer(self._render_job, (event, fields, extra, time.time()))
+
+    def _render_job_line(self, item: tuple[str, dict[str, Any], dict[str, Any], float]) -> str:
+        event, fields, extra, now = item
+        record = {**fields, **extra, "event": event, "level": "info", "ts": utc_timestamp(now)}
+        try:
+            body = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        except TypeError:  # an argument value orjson cannot take, or a non-string key
+            body = _dumps(record, repr) + b"\n"
+        return self._prefix + body[1:].decode()
 
     def _render_line(self, item: tuple[str, str, dict[str, Any], float]) -> str:
         name, event, fields, now = item
@@ -575,6 +593,14 @@ class JobLogging(Middleware):
         else:
             self.log.info("job.enqueued", **fields, delay_ms=delay)
 
+    def _info(self, event: str, fields: dict[str, Any], extra: dict) -> None:
+        """A start or success: straight into the JSON line buffer when that is where events go."""
+        events = _job_events
+        if type(events) is JsonJobEvents:
+            events.info_job(event, fields, extra)
+        else:
+            self.log.info(event, **fields, **extra)
+
     def before_process_message(self, broker: Broker, message: Message) -> None:
         message = unwrap(message)
         fields = self._fields(message)
@@ -588,12 +614,8 @@ class JobLogging(Middleware):
             arguments = self.redactor.arguments(actor.fn, tuple(args), dict(kwargs))
         else:
             arguments = {}
-        self.log.info(
-            "job.started",
-            **fields,
-            queue_latency_ms=queue_latency_ms(message, int(time.time() * 1000)),
-            args=arguments,
-        )
+        latency_ms = queue_latency_ms(message, int(time.time() * 1000))
+        self._info("job.started", fields, {"queue_latency_ms": latency_ms, "args": arguments})
 
     def after_process_message(
         self, broker: Broker, message: Message, *, result: Any = None, exception: Any = None
@@ -604,7 +626,7 @@ class JobLogging(Middleware):
         fields, started = delivery["fields"], delivery.get("started")
         duration = round((time.monotonic() - started) * 1000, 2) if started else None
         if exception is None:
-            self.log.info("job.succeeded", **fields, duration_ms=duration)
+            self._info("job.succeeded", fields, {"duration_ms": duration})
         else:
             delivery["exception"] = exception
             self.log.warning(

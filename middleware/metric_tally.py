@@ -12,6 +12,7 @@ that long.
 from __future__ import annotations
 
 import bisect
+import collections
 import logging
 import threading
 from collections import defaultdict
@@ -41,9 +42,8 @@ class Tally:
         self.job_children = job_children
         self.job_bounds = job_bounds
         self._lock = threading.Lock()
-        #: key -> [succeeded, failed, latency sum, duration sum, latency buckets...,
-        #: duration buckets...]
-        self._jobs: dict[Any, list[float]] = {}
+        #: (key, succeeded, latency s, duration s) per attempt finished since the last flush.
+        self._finished: collections.deque[tuple[Any, bool, float, float]] = collections.deque()
         self._increments: defaultdict[Any, float] = defaultdict(float)
         #: histogram child -> [sum of observations, count per bucket...]
         self._histograms: dict[Any, list[float]] = {}
@@ -65,19 +65,27 @@ class Tally:
             pending[index + 1] += 1
 
     def job(self, key: Any, succeeded: bool, latency_s: float, duration_s: float) -> None:
-        """One finished attempt: outcome, queue latency and duration, in one call and one lock."""
+        """One finished attempt: outcome, queue latency and duration, summed at the next flush."""
+        self._finished.append((key, succeeded, latency_s, duration_s))  # atomic: no lock
+
+    def _sum_finished(self) -> dict[Any, list[float]]:
+        """key -> [succeeded, failed, latency sum, duration sum, latency buckets...,
+        duration buckets...] over the attempts finished since the last flush."""
         bounds = self.job_bounds
-        latency_bucket = bisect.bisect_left(bounds, latency_s)
-        duration_bucket = bisect.bisect_left(bounds, duration_s) + len(bounds)
-        with self._lock:
-            stats = self._jobs.get(key)
+        n = len(bounds)
+        jobs: dict[Any, list[float]] = {}
+        finished = self._finished
+        for _ in range(len(finished)):
+            key, succeeded, latency_s, duration_s = finished.popleft()
+            stats = jobs.get(key)
             if stats is None:
-                stats = self._jobs[key] = [0.0] * (4 + 2 * len(bounds))
+                stats = jobs[key] = [0.0] * (4 + 2 * n)
             stats[0 if succeeded else 1] += 1
             stats[2] += latency_s
             stats[3] += duration_s
-            stats[4 + latency_bucket] += 1
-            stats[4 + duration_bucket] += 1
+            stats[4 + bisect.bisect_left(bounds, latency_s)] += 1
+            stats[4 + n + bisect.bisect_left(bounds, duration_s)] += 1
+        return jobs
 
     def start(self) -> None:
         if self._thread is None:
@@ -101,8 +109,7 @@ class Tally:
         with self._lock:
             increments, self._increments = self._increments, defaultdict(float)
             histograms, self._histograms = self._histograms, {}
-            jobs, self._jobs = self._jobs, {}
-        for key, stats in jobs.items():
+        for key, stats in self._sum_finished().items():
             assert self.job_children is not None
             succeeded, failed, latency, duration = self.job_children(key)
             increments[succeeded] += stats[0]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
 import re
 import threading
 from collections import Counter, defaultdict
@@ -13,7 +15,13 @@ import pytest
 from dramatiq import Broker
 
 from brokers.processes import start_process_group, stop_process_group
-from middleware.job_logging import SafeRecords, SerializedStream, configure_logging
+from middleware.job_logging import (
+    JsonJobEvents,
+    LineBuffer,
+    SafeRecords,
+    SerializedStream,
+    configure_logging,
+)
 from middleware.redaction import REDACTED, Redactor, escape_control
 from tests.conftest import env_for, url_for
 from tests.support.logged import MARKERS_ENV, declare_logged
@@ -94,6 +102,27 @@ def test_a_value_with_newlines_cannot_start_a_new_line(fmt: str, own_logging: No
     assert not any(line.startswith("FORGED") or line.startswith('{"event": "job') for line in lines)
     if fmt == "json":
         assert [json.loads(line)["level"] for line in lines] == ["warning", "warning"]
+
+
+def test_job_events_render_static_fields_and_values_orjson_cannot_take() -> None:
+    handler = logging.StreamHandler(io.StringIO())
+    sink = LineBuffer(handler, interval=3600)
+    events = JsonJobEvents(sink, logging.INFO)
+    fields = {"message_id": "m1", "actor": "a", "queue": "q", "priority": "normal", "attempt": 1}
+    events.info_job("job.started", fields, {"queue_latency_ms": 0, "args": {"n": {1: object()}}})
+    events.info_job("job.succeeded", fields, {"duration_ms": 0.5})
+    sink.flush_now()
+    started, succeeded = (json.loads(line) for line in handler.stream.getvalue().splitlines())
+    assert started["args"] == {"n": {"1": started["args"]["n"]["1"]}}
+    assert started["args"]["n"]["1"].startswith("<object object")  # repr, as structlog's
+    assert started["logger"] == "jobkit.jobs" and started["pid"] == os.getpid()
+    assert {k: started[k] for k in fields} == fields == {k: succeeded[k] for k in fields}
+    assert (succeeded["event"], succeeded["level"], succeeded["duration_ms"]) == (
+        "job.succeeded",
+        "info",
+        0.5,
+    )
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", succeeded["ts"])
 
 
 def test_a_threads_unfinished_line_waits_for_its_newline() -> None:
