@@ -36,6 +36,7 @@ from middleware.priorities import LEVEL_NUMBERS, PriorityConfig, message_level
 from .bulk import BulkSendError
 from .dead_letters import keep_failed, keep_undecodable
 from .decoding import MessageRules, UndecodableMessage, decode_message
+from .encoding import encode_message
 from .errors import BrokerBlocked, BrokerConfigError, BrokerUnavailable, JobkitError
 from .hooks import CachedHooks
 from .stats import QueueDepth
@@ -217,7 +218,7 @@ class PriorityRabbitmqBroker(CachedHooks, RabbitmqBroker):
                 self.channel.basic_publish(
                     exchange="",
                     routing_key=queue_name,
-                    body=message.encode(),
+                    body=encode_message(message),
                     properties=pika.BasicProperties(
                         delivery_mode=2, priority=message.options.get("broker_priority")
                     ),
@@ -402,7 +403,9 @@ class _ConfirmedPublisher:
             properties = self._properties[priority] = pika.BasicProperties(
                 delivery_mode=2, priority=priority
             )
-        self.channel.basic_publish("", message.queue_name, message.encode(), properties, True)
+        self.channel.basic_publish(
+            "", message.queue_name, encode_message(message), properties, True
+        )
         self._pending[self._next_tag] = message.message_id
         self._next_tag += 1
         if len(self._pending) >= self.window:

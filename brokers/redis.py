@@ -33,6 +33,7 @@ from .acks import AckBatcher
 from .bulk import BulkSendError, batches
 from .dead_letters import keep_failed, keep_undecodable
 from .decoding import MessageRules, UndecodableMessage, decode_message
+from .encoding import encode_message
 from .errors import BrokerConfigError, BrokerFull, BrokerUnavailable
 from .hooks import CachedHooks
 from .stats import QueueDepth
@@ -120,7 +121,10 @@ class PriorityRedisBroker(CachedHooks, RedisBroker):
         suffix = "" if delay is not None else level_suffix(message.options.get("priority"))
         try:
             self.do_enqueue(
-                message.queue_name, message.options["redis_message_id"], message.encode(), suffix
+                message.queue_name,
+                message.options["redis_message_id"],
+                encode_message(message),
+                suffix,
             )
         except (redis.ConnectionError, redis.TimeoutError) as error:
             raise BrokerUnavailable(
@@ -160,7 +164,7 @@ class PriorityRedisBroker(CachedHooks, RedisBroker):
                 for queued in queued_messages:
                     triples += [
                         queued.options["redis_message_id"],
-                        queued.encode(),
+                        encode_message(queued),
                         "" if delay is not None else level_suffix(queued.options.get("priority")),
                     ]
                 self.scripts["dispatch"](

@@ -13,11 +13,13 @@
 
 from __future__ import annotations
 
+import orjson
 from dramatiq import Broker, Message, Middleware, get_encoder
 from dramatiq.encoder import JSONEncoder
 from dramatiq.middleware import MiddlewareError
 
 from brokers.decoding import MAX_BYTES_ENV, MessageRules
+from brokers.encoding import message_fields
 from brokers.errors import BrokerConfigError, JobkitError
 from brokers.signing import SIGNATURE
 
@@ -53,16 +55,32 @@ class MessageGuard(Middleware):
             check_encoder()
         # One field dict for both: its options are the message's own dict, so the
         # encoded size includes the signature added here.
-        fields = message.asdict()
+        fields = message_fields(message)
         signer = self.rules.signer
         if signer is not None:
             message.options[SIGNATURE] = signer.sign(fields)
         limit = self.rules.max_bytes
         if limit:
-            size = len(encoder.encode(fields))
+            size = _encoded_size(encoder, fields, limit)
             if size > limit:
                 raise MessageTooLarge(
                     f"job {message.actor_name} to queue {message.queue_name!r} is {size:,} bytes, "
                     f"over the {limit:,}-byte limit ({MAX_BYTES_ENV}); send a reference to the "
                     "data (a path, a URL, a row id) instead of the data"
                 )
+
+
+def _encoded_size(encoder: JSONEncoder, fields: dict, limit: int) -> int:
+    """The size of ``fields`` as ``encoder`` writes it, or 0 when certainly within ``limit``.
+
+    Dramatiq's JSON (ASCII, with every other character escaped to at most 6
+    characters per UTF-8 byte) is at most 6 times as long as orjson's UTF-8, which
+    takes a tenth of the time: a message under a sixth of the limit needs no exact
+    count. What orjson cannot write is counted exactly.
+    """
+    try:
+        if 6 * len(orjson.dumps(fields)) <= limit:
+            return 0
+    except TypeError:  # orjson.JSONEncodeError included
+        pass
+    return len(encoder.encode(fields))

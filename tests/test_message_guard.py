@@ -98,6 +98,17 @@ def test_a_message_over_the_limit_fails_the_send_and_nothing_is_sent() -> None:
     assert broker.queues[QUEUE].qsize() == 1
 
 
+def test_the_size_counted_is_dramatiqs_json_with_its_escapes() -> None:
+    """600 bytes of UTF-8 are 1,800 of escaped ASCII: the quick bound must not pass them."""
+    broker = StubBroker(middleware=build_stack(rules=MessageRules(max_bytes=1000)))
+    actor = dramatiq.actor(lambda data: None, broker=broker, actor_name="upload", queue_name=QUEUE)
+    with pytest.raises(MessageTooLarge, match=r"is 2,\d{3} bytes, over the 1,000-byte limit"):
+        actor.send("é" * 300)
+    with pytest.raises(MessageTooLarge, match="over the 1,000-byte limit"):
+        actor.send({1: "x" * 1000})  # non-string keys: counted by Dramatiq's encoder alone
+    assert broker.queues[QUEUE].qsize() == 0
+
+
 @pytest.fixture
 def pickle_encoder() -> Iterator[None]:
     dramatiq.set_encoder(PickleEncoder())
