@@ -47,6 +47,10 @@ class CurrentDelivery:
         state = self._states.get(get_ident())
         return state if state is not None and state["message_id"] == message.message_id else None
 
+    def running(self) -> list[dict[str, Any]]:
+        """Every worker thread's current state (a snapshot, safe while threads change theirs)."""
+        return list(self._states.values())
+
     def end(self, message: Message) -> dict[str, Any] | None:
         thread = get_ident()
         state = self._states.get(thread)

@@ -415,6 +415,7 @@ def _line(item: str | tuple[Callable[[Any], str], Any]) -> str:
 
 
 _line_buffer: LineBuffer | None = None
+_NO_FIELDS: dict[str, Any] = {}
 
 
 def flush_job_events() -> None:
@@ -440,7 +441,7 @@ class JsonJobEvents:
         self._static = {"logger": "jobkit.jobs", "host": HOST, "pid": os.getpid()}
         #: The static fields, rendered once: '{"logger":...,"pid":...,'.
         self._prefix = _dumps(self._static).decode()[:-1] + ","
-        self._render_job = self._render_job_line  # bound once: a job hands over two events
+        self._render_event = self._render_line  # bound once: a job hands over two events
         self._render = structlog.processors.JSONRenderer(_dumps)
         self._chain = structlog.wrap_logger(
             sink,
@@ -462,26 +463,21 @@ class JsonJobEvents:
         if "exc_info" in fields:
             getattr(self._chain, name)(event, **fields)
             return
-        self._sink.defer(self._render_line, (name, event, fields, time.time()))
+        self._sink.defer(self._render_event, (name, event, fields, _NO_FIELDS, time.time()))
 
     def info_job(self, event: str, fields: dict[str, Any], extra: dict) -> None:
         """A job's start or success at INFO: ``fields`` and ``extra`` are merged when rendered."""
         if self._level <= logging.INFO:
-            self._sink.defer(self._render_job, (event, fields, extra, time.time()))
+            self._sink.defer(self._render_event, ("info", event, fields, extra, time.time()))
 
-    def _render_job_line(self, item: tuple[str, dict[str, Any], dict[str, Any], float]) -> str:
-        event, fields, extra, now = item
-        record = {**fields, **extra, "event": event, "level": "info", "ts": utc_timestamp(now)}
+    def _render_line(self, item: tuple[str, str, dict[str, Any], dict[str, Any], float]) -> str:
+        name, event, fields, extra, now = item
+        record = {**fields, **extra, "event": event, "level": name, "ts": utc_timestamp(now)}
         try:
             body = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-        except TypeError:  # an argument value orjson cannot take, or a non-string key
-            body = _dumps(record, repr) + b"\n"
+        except TypeError:  # a value orjson cannot take, or a non-string key
+            body = _dumps(record, repr) + b"\n"  # repr: as structlog's fallback
         return self._prefix + body[1:].decode()
-
-    def _render_line(self, item: tuple[str, str, dict[str, Any], float]) -> str:
-        name, event, fields, now = item
-        record = {**self._static, **fields, "event": event, "level": name, "ts": utc_timestamp(now)}
-        return _dumps(record, repr).decode() + "\n"  # repr: as structlog's fallback
 
     def info(self, event: str, **fields: Any) -> None:
         self._emit(logging.INFO, "info", event, fields)

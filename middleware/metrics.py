@@ -25,7 +25,6 @@ import tempfile
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from threading import get_ident
 from typing import Any
 
 from dramatiq import Broker, Message, Middleware, Worker
@@ -33,7 +32,7 @@ from dramatiq import Broker, Message, Middleware, Worker
 from brokers.processes import pid_alive
 
 from . import outcomes
-from .deliveries import queue_latency_ms, unwrap
+from .deliveries import CurrentDelivery, queue_latency_ms, unwrap
 from .metric_tally import Tally
 
 ENABLED_ENV = "JOBKIT_METRICS"
@@ -69,10 +68,10 @@ class Metrics(Middleware):
     def __init__(self) -> None:
         self.on = enabled()
         self._m: dict[str, Any] = {}
-        #: Worker thread -> [message id, (actor, queue), monotonic start or None once it
-        #: ended, queue latency in s], from a job's start to its ack or nack. One dict
-        #: store per job: the in-flight gauge is counted from it at each flush.
-        self._jobs: dict[int, list[Any]] = {}
+        #: Per worker thread, from a job's start to its ack or nack: its labels, monotonic
+        #: start (None once it ended) and queue latency. The in-flight gauge is counted
+        #: from these at each flush.
+        self._delivery = CurrentDelivery()
         #: (metric, label values) -> child: prometheus-client's labels() is slow per call.
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._tally = Tally(
@@ -142,9 +141,9 @@ class Metrics(Middleware):
         counts = dict.fromkeys(
             (child for (name, _), child in list(self._children.items()) if name == "in_flight"), 0
         )
-        for _, labels, started, _ in list(self._jobs.values()):
-            if started is not None:
-                child = self._child("in_flight", *labels)
+        for job in self._delivery.running():
+            if job["started"] is not None:
+                child = self._child("in_flight", *job["labels"])
                 counts[child] = counts.get(child, 0) + 1
         return counts
 
@@ -160,20 +159,17 @@ class Metrics(Middleware):
         if not self._m:
             return
         message = unwrap(message)
-        latency_ms = queue_latency_ms(message, int(time.time() * 1000))
-        self._jobs[get_ident()] = [
-            message.message_id,
-            (message.actor_name, message.queue_name),
-            time.monotonic(),
-            latency_ms / 1000,
-        ]
+        self._delivery.start(
+            message,
+            labels=(message.actor_name, message.queue_name),
+            started=time.monotonic(),
+            latency_s=queue_latency_ms(message, int(time.time() * 1000)) / 1000,
+        )
 
-    def _ended(self, message: Message) -> list[Any] | None:
-        """This thread's record of ``message`` if it started here and had not ended yet."""
-        job = self._jobs.get(get_ident())
-        if job is None or job[0] != message.message_id or job[2] is None:
-            return None
-        return job
+    def _ended(self, message: Message) -> dict[str, Any] | None:
+        """This thread's state for ``message`` if it started here and had not ended yet."""
+        job = self._delivery.get(message)
+        return job if job is not None and job["started"] is not None else None
 
     def after_process_message(
         self, broker: Broker, message: Message, *, result: Any = None, exception: Any = None
@@ -186,15 +182,15 @@ class Metrics(Middleware):
             outcome = "succeeded" if exception is None else "failed"
             self._tally.inc(self._child("jobs", message.actor_name, message.queue_name, outcome))
             return
-        duration, job[2] = time.monotonic() - job[2], None
-        self._tally.job(job[1], exception is None, job[3], duration)
+        duration, job["started"] = time.monotonic() - job["started"], None
+        self._tally.job(job["labels"], exception is None, job["latency_s"], duration)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
         if not self._m:
             return
         job = self._ended(message)
         if job is not None:
-            job[2] = None
+            job["started"] = None
         labels = (message.actor_name, message.queue_name)
         if outcomes.peek(message.message_id) == outcomes.DEFERRED:
             self._tally.inc(self._child("rate_limited", *labels))
@@ -205,19 +201,17 @@ class Metrics(Middleware):
         # Re-enqueued while this thread handles it: a retry (deferrals are counted apart).
         if not self._m or delay is None:
             return
-        job = self._jobs.get(get_ident())
         if (
-            job is not None
-            and job[0] == message.message_id
+            self._delivery.get(message) is not None
             and outcomes.peek(message.message_id) != outcomes.DEFERRED
         ):
             self._tally.inc(self._child("retried", message.actor_name, message.queue_name))
 
     def after_ack(self, broker: Broker, message: Message) -> None:
-        self._jobs.pop(get_ident(), None)
+        self._delivery.end(unwrap(message))
 
     def after_nack(self, broker: Broker, message: Message) -> None:
-        self._jobs.pop(get_ident(), None)
+        self._delivery.end(unwrap(message))
 
     def after_dead_letter(self, broker: Broker, record: dict[str, Any]) -> None:
         if self._m:
