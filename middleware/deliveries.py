@@ -10,6 +10,7 @@ the two; state kept per thread cannot.
 from __future__ import annotations
 
 from threading import get_ident
+from time import monotonic, time
 from typing import Any
 
 from dramatiq import Message
@@ -60,14 +61,104 @@ class CurrentDelivery:
         return state
 
 
-def queue_latency_ms(message: Message, now_ms: int) -> int:
+def queue_latency_ms(message: Message, now_ms: float) -> int:
     """Time from when a message became runnable (enqueued, or its eta) to ``now_ms``.
 
     ``enqueued_at`` is stamped by JobLogging at each enqueue; a message from a
     producer without it falls back to Dramatiq's creation timestamp.
     """
     options = message.options
-    ready_at = max(
-        int(options.get("enqueued_at") or message.message_timestamp), int(options.get("eta") or 0)
+    ready_at = options.get("enqueued_at") or message.message_timestamp
+    eta = options.get("eta")
+    try:  # plain comparisons: this runs for every job, and int() and max() cost more
+        if eta is not None and eta > ready_at:
+            ready_at = eta
+        latency = now_ms - ready_at
+    except TypeError:  # numbers as strings, from some other producer
+        latency = now_ms - max(int(ready_at), int(eta or 0))
+    return int(latency) if latency > 0 else 0
+
+
+class Attempt:
+    """One attempt at a message in a worker thread, timed once for every middleware reading it.
+
+    ``fields`` are the job's log fields (``attempt`` counts this attempt);
+    ``duration_s`` is None while it runs.
+    """
+
+    __slots__ = (
+        "message",
+        "message_id",
+        "fields",
+        "labels",
+        "started",
+        "started_at",
+        "latency_ms",
+        "duration_s",
+        "exception",
     )
-    return max(now_ms - ready_at, 0)
+
+    def __init__(self, message: Message) -> None:
+        options = message.options
+        self.message = message
+        self.message_id = message_id = message.message_id
+        actor, queue = message.actor_name, message.queue_name
+        self.fields = {
+            "message_id": message_id,
+            "actor": actor,
+            "queue": queue,
+            "priority": options.get("priority", "normal"),
+            "attempt": options.get("retries", 0) + 1,
+        }
+        self.labels = (actor, queue)
+        self.started = monotonic()
+        self.started_at = now = time()
+        self.latency_ms = queue_latency_ms(message, now * 1000)
+        self.duration_s: float | None = None
+        self.exception: BaseException | None = None
+
+    def finish(self) -> float:
+        """Seconds it ran, measured by the first middleware to ask once it ended."""
+        if self.duration_s is None:
+            self.duration_s = monotonic() - self.started
+        return self.duration_s
+
+
+class Attempts:
+    """The attempt each worker thread is running, shared by JobLogging and Metrics.
+
+    The first of them to see a delivery (``begin``) times it; the other reads
+    the same record, so a job is timed once, not once per middleware.
+    """
+
+    def __init__(self) -> None:
+        self._by_thread: dict[int, Attempt] = {}
+
+    def begin(self, message: Message) -> Attempt:
+        """This thread's attempt at ``message`` (the unwrapped Message of this delivery)."""
+        thread = get_ident()
+        attempt = self._by_thread.get(thread)
+        if attempt is None or attempt.message is not message:
+            attempt = self._by_thread[thread] = Attempt(message)
+        return attempt
+
+    def get(self, message: Message) -> Attempt | None:
+        attempt = self._by_thread.get(get_ident())
+        return attempt if attempt is not None and attempt.message_id == message.message_id else None
+
+    def running(self) -> list[Attempt]:
+        """Every worker thread's attempt (a snapshot, safe while threads change theirs)."""
+        return list(self._by_thread.values())
+
+    def end(self, message: Message) -> Attempt | None:
+        """Forgets this thread's attempt at ``message`` (at its ack or nack); returns it."""
+        thread = get_ident()
+        attempt = self._by_thread.get(thread)
+        if attempt is None or attempt.message_id != message.message_id:
+            return None
+        del self._by_thread[thread]
+        return attempt
+
+
+#: Per process: every worker thread's current attempt.
+ATTEMPTS = Attempts()

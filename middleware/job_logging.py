@@ -38,7 +38,7 @@ from brokers.errors import BrokerConfigError
 
 from . import outcomes
 from .dead_letters import dead_letter_of
-from .deliveries import CurrentDelivery, queue_latency_ms, unwrap
+from .deliveries import ATTEMPTS, unwrap
 from .redaction import Redactor, escape_control
 
 FORMAT_ENV = "JOBKIT_LOG_FORMAT"
@@ -351,17 +351,18 @@ class LineBuffer:
         atexit.register(self.flush_now)
 
     def write(self, text: str) -> None:
-        self._lines.append(text)
+        # Lines wait as UTF-8; a lone surrogate (undecodable input) is written escaped.
+        self._lines.append(text.encode("utf-8", "backslashreplace"))
         if len(self._lines) >= self.max_lines:
             self.flush_now()
 
     def write_json(self, line: bytes) -> None:
         """One rendered JSON object (without its newline)."""
-        self._lines.append(line.decode() + "\n")
+        self._lines.append(line + b"\n")
         if len(self._lines) >= self.max_lines:
             self.flush_now()
 
-    def defer(self, render: Callable[[Any], str], item: Any) -> None:
+    def defer(self, render: Callable[[Any], bytes], item: Any) -> None:
         """A line to be made by ``render(item)`` when the buffer is flushed, in its turn."""
         self._lines.append((render, item))
         if len(self._lines) >= self.max_lines:
@@ -384,16 +385,22 @@ class LineBuffer:
             count = len(lines)
             if not count:
                 return
-            chunk: list[str] = []
-            size = 0
+            popleft = lines.popleft
+            rendered: list[bytes] = []
+            keep = rendered.append
             for _ in range(count):
-                line = _line(lines.popleft())
-                if chunk and size + len(line) > CHUNK_CHARS:
-                    self._write("".join(chunk))
-                    chunk, size = [], 0
-                chunk.append(line)
-                size += len(line)
-            self._write("".join(chunk))
+                item = popleft()
+                keep(item if type(item) is bytes else item[0](item[1]))
+            text = b"".join(rendered).decode("utf-8", "replace")
+            start, end = 0, len(text)
+            while end - start > CHUNK_CHARS:  # whole lines, up to a chunk per write
+                cut = text.rfind("\n", start, start + CHUNK_CHARS) + 1
+                if cut <= start:  # one line longer than a chunk: it goes whole
+                    cut = text.find("\n", start + CHUNK_CHARS) + 1 or end
+                self._write(text[start:cut])
+                start = cut
+            if start < end:
+                self._write(text[start:])
 
     def _write(self, text: str) -> None:
         with contextlib.suppress(OSError, ValueError):  # a stream closed at exit
@@ -408,10 +415,6 @@ class LineBuffer:
 
 #: Characters per write: under dramatiq, a pipe message of up to 16 KiB goes in one write.
 CHUNK_CHARS = 16_000
-
-
-def _line(item: str | tuple[Callable[[Any], str], Any]) -> str:
-    return item if type(item) is str else item[0](item[1])  # type: ignore[index]
 
 
 _line_buffer: LineBuffer | None = None
@@ -440,8 +443,15 @@ class JsonJobEvents:
         self._level = level
         self._static = {"logger": "jobkit.jobs", "host": HOST, "pid": os.getpid()}
         #: The static fields, rendered once: '{"logger":...,"pid":...,'.
-        self._prefix = _dumps(self._static).decode()[:-1] + ","
-        self._render_event = self._render_line  # bound once: a job hands over two events
+        self._prefix = _dumps(self._static)[:-1] + b","
+        self._render_event = self._render_line  # bound once
+        self._render_started = self._render_started  # bound once: one per job
+        self._render_succeeded = self._render_succeeded
+        #: Per (actor, queue, priority): the line templates of job.started and job.succeeded.
+        self._started: dict[tuple[Any, ...], bytes] = {}
+        self._succeeded: dict[tuple[Any, ...], bytes] = {}
+        self._second = -1
+        self._second_text = b""
         self._render = structlog.processors.JSONRenderer(_dumps)
         self._chain = structlog.wrap_logger(
             sink,
@@ -465,19 +475,101 @@ class JsonJobEvents:
             return
         self._sink.defer(self._render_event, (name, event, fields, _NO_FIELDS, time.time()))
 
-    def info_job(self, event: str, fields: dict[str, Any], extra: dict) -> None:
-        """A job's start or success at INFO: ``fields`` and ``extra`` are merged when rendered."""
+    def job_started(
+        self, fields: dict[str, Any], queue_latency_ms: int, args: Any, now: float
+    ) -> None:
+        """An attempt's start at INFO: handed over as is, rendered at the buffer's flush."""
         if self._level <= logging.INFO:
-            self._sink.defer(self._render_event, ("info", event, fields, extra, time.time()))
+            self._sink.defer(self._render_started, (fields, queue_latency_ms, args, now))
 
-    def _render_line(self, item: tuple[str, str, dict[str, Any], dict[str, Any], float]) -> str:
+    def job_succeeded(self, fields: dict[str, Any], duration_s: float | None, now: float) -> None:
+        """An attempt's success at INFO: handed over as is, rendered at the buffer's flush."""
+        if self._level <= logging.INFO:
+            self._sink.defer(self._render_succeeded, (fields, duration_s, now))
+
+    def _render_started(self, item: tuple[dict[str, Any], int, Any, float]) -> bytes:
+        fields, latency_ms, args, now = item
+        try:
+            template = self._started.get((fields["actor"], fields["queue"], fields["priority"]))
+            if template is None:
+                template = self._template(self._started, "job.started", fields)
+            try:
+                args_json = orjson.dumps(args)
+            except TypeError:  # a value orjson cannot take, or a non-string key
+                args_json = _dumps(args, repr)
+            whole = int(now)
+            if whole != self._second:
+                self._new_second(whole)
+            values = (
+                orjson.dumps(fields["message_id"]),
+                fields["attempt"],
+                latency_ms,
+                args_json,
+                self._second_text,
+                (now - whole) * 1_000_000,
+            )
+            return template % values
+        except (TypeError, KeyError):  # fields of unusual types: the general renderer
+            extra = {"queue_latency_ms": latency_ms, "args": args}
+            return self._render_line(("info", "job.started", fields, extra, now))
+
+    def _render_succeeded(self, item: tuple[dict[str, Any], float | None, float]) -> bytes:
+        fields, duration_s, now = item
+        try:
+            if duration_s is None:
+                raise TypeError("no duration")
+            template = self._succeeded.get((fields["actor"], fields["queue"], fields["priority"]))
+            if template is None:
+                template = self._template(self._succeeded, "job.succeeded", fields)
+            whole = int(now)
+            if whole != self._second:
+                self._new_second(whole)
+            values = (
+                orjson.dumps(fields["message_id"]),
+                fields["attempt"],
+                duration_s * 1000,
+                self._second_text,
+                (now - whole) * 1_000_000,
+            )
+            return template % values
+        except (TypeError, KeyError):
+            extra = {"duration_ms": _ms(duration_s)}
+            return self._render_line(("info", "job.succeeded", fields, extra, now))
+
+    #: What follows a job event's fixed part: its per-attempt values and time.
+    _TAILS = {
+        "job.started": b'"message_id":%s,"attempt":%d,"queue_latency_ms":%d,"args":%s,'
+        b'"ts":"%s.%06dZ"}\n',
+        "job.succeeded": b'"message_id":%s,"attempt":%d,"duration_ms":%.2f,"ts":"%s.%06dZ"}\n',
+    }
+
+    def _template(
+        self, cache: dict[tuple[Any, ...], bytes], event: str, fields: dict[str, Any]
+    ) -> bytes:
+        """The event's line for %-formatting, its fixed fields rendered (once per actor,
+        queue and priority, not twice per job)."""
+        key = (fields["actor"], fields["queue"], fields["priority"])
+        if len(cache) >= 4096:  # actors or priorities made up per message
+            cache.clear()
+        fixed = {**self._static, "actor": key[0], "queue": key[1], "priority": key[2]}
+        fixed.update(event=event, level="info")
+        head = _dumps(fixed, repr)[:-1].replace(b"%", b"%%")
+        template = cache[key] = head + b"," + self._TAILS[event]
+        return template
+
+    def _new_second(self, whole: int) -> None:
+        self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)).encode()
+        self._second = whole
+
+    def _render_line(self, item: tuple[str, str, dict[str, Any], dict[str, Any], float]) -> bytes:
+        """Any event without a traceback: its fields and ``extra`` merged, orjson."""
         name, event, fields, extra, now = item
         record = {**fields, **extra, "event": event, "level": name, "ts": utc_timestamp(now)}
         try:
             body = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
         except TypeError:  # a value orjson cannot take, or a non-string key
             body = _dumps(record, repr) + b"\n"  # repr: as structlog's fallback
-        return self._prefix + body[1:].decode()
+        return self._prefix + body[1:]
 
     def info(self, event: str, **fields: Any) -> None:
         self._emit(logging.INFO, "info", event, fields)
@@ -530,6 +622,10 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _ms(seconds: float | None) -> float | None:
+    return round(seconds * 1000, 2) if seconds is not None else None
+
+
 class JobLogging(Middleware):
     """Logs each job lifecycle step as one structured event."""
 
@@ -537,7 +633,7 @@ class JobLogging(Middleware):
         _configure_structlog()
         self.redactor = redactor or Redactor.from_env()
         self._stdlib_log = structlog.get_logger("jobkit.jobs")
-        self._delivery = CurrentDelivery()
+        self._attempts = ATTEMPTS
 
     def after_process_boot(self, broker: Broker) -> None:
         # A worker process of the dramatiq CLI (a multiprocessing child): jobkit owns its
@@ -574,13 +670,13 @@ class JobLogging(Middleware):
         if not self.active:
             return
         fields = self._fields(message)
-        running = self._delivery.get(message)
+        running = self._attempts.get(message)
         if running is not None and delay is not None:
             # Re-enqueued with a delay while this worker handles it: Retries scheduling the
             # next attempt. (A due delayed copy moving to its queue has no delay.)
             self.log.warning(
                 "job.retry_scheduled",
-                **running["fields"],
+                **running.fields,
                 next_attempt=int(message.options.get("retries", 0)) + 1,
                 delay_ms=delay,
             )
@@ -589,46 +685,48 @@ class JobLogging(Middleware):
         else:
             self.log.info("job.enqueued", **fields, delay_ms=delay)
 
-    def _info(self, event: str, fields: dict[str, Any], extra: dict) -> None:
-        """A start or success: straight into the JSON line buffer when that is where events go."""
-        events = _job_events
-        if type(events) is JsonJobEvents:
-            events.info_job(event, fields, extra)
-        else:
-            self.log.info(event, **fields, **extra)
-
     def before_process_message(self, broker: Broker, message: Message) -> None:
-        message = unwrap(message)
-        fields = self._fields(message)
+        attempt = self._attempts.begin(unwrap(message))
+        fields = attempt.fields
         _current_job.set(fields)
-        self._delivery.start(message, started=time.monotonic(), fields=fields)
-        actor = broker.actors.get(message.actor_name)
-        args, kwargs = message.args, message.kwargs
-        if actor is None:
-            arguments = None
-        elif args or kwargs:
-            arguments = self.redactor.arguments(actor.fn, tuple(args), dict(kwargs))
+        args, kwargs = attempt.message.args, attempt.message.kwargs
+        if args or kwargs:
+            actor = broker.actors.get(attempt.message.actor_name)
+            arguments = (
+                self.redactor.arguments(actor.fn, tuple(args), dict(kwargs)) if actor else None
+            )
         else:
-            arguments = {}
-        latency_ms = queue_latency_ms(message, int(time.time() * 1000))
-        self._info("job.started", fields, {"queue_latency_ms": latency_ms, "args": arguments})
+            arguments = {} if attempt.message.actor_name in broker.actors else None
+        events = _job_events
+        if type(events) is JsonJobEvents:  # straight into the JSON line buffer
+            events.job_started(fields, attempt.latency_ms, arguments, attempt.started_at)
+        else:
+            latency_ms = attempt.latency_ms
+            self.log.info("job.started", **fields, queue_latency_ms=latency_ms, args=arguments)
 
     def after_process_message(
         self, broker: Broker, message: Message, *, result: Any = None, exception: Any = None
     ) -> None:
         # Retries has already counted this attempt in options["retries"]: use the start's fields.
-        message = unwrap(message)
-        delivery = self._delivery.get(message) or {"fields": self._fields(message)}
-        fields, started = delivery["fields"], delivery.get("started")
-        duration = round((time.monotonic() - started) * 1000, 2) if started else None
-        if exception is None:
-            self._info("job.succeeded", fields, {"duration_ms": duration})
+        attempt = self._attempts.get(message)
+        if attempt is None:  # it did not start here (a middleware before this one failed)
+            fields, duration, now = self._fields(unwrap(message)), None, time.time()
         else:
-            delivery["exception"] = exception
+            fields, duration = attempt.fields, attempt.finish()
+            now = attempt.started_at + duration
+        if exception is None:
+            events = _job_events
+            if type(events) is JsonJobEvents:
+                events.job_succeeded(fields, duration, now)
+            else:
+                self.log.info("job.succeeded", **fields, duration_ms=_ms(duration))
+        else:
+            if attempt is not None:
+                attempt.exception = exception
             self.log.warning(
                 "job.failed",
                 **fields,
-                duration_ms=duration,
+                duration_ms=_ms(duration),
                 exc_type=type(exception).__name__,
                 exc_message=self.redactor.value(str(exception)),
                 exc_info=exception,
@@ -641,22 +739,24 @@ class JobLogging(Middleware):
         _current_job.set(None)
 
     def after_ack(self, broker: Broker, message: Message) -> None:
-        message = unwrap(message)
-        self._delivery.end(message)
-        outcomes.pop(message.message_id)
+        # JobLogging comes before Metrics in the stack, so its after-hooks run last: it ends
+        # the shared attempt.
+        attempt = self._attempts.end(message)
+        outcomes.pop(attempt.message_id if attempt is not None else message.message_id)
 
     def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         flush_job_events()
 
     def after_nack(self, broker: Broker, message: Message) -> None:
-        delivery = self._delivery.end(message) or {"fields": self._fields(message)}
-        exception = delivery.get("exception") or getattr(message, "_exception", None)
+        attempt = self._attempts.end(message)
+        fields = attempt.fields if attempt is not None else self._fields(message)
+        exception = (attempt and attempt.exception) or getattr(message, "_exception", None)
         reason = dead_letter_of(broker, message)["reason"]
         # Rate limiting is flow control, not an error (also for Sentry's log capture).
         log = self.log.warning if reason == outcomes.RATE_LIMITED else self.log.error
         log(
             "job.dead_lettered",
-            **delivery["fields"],
+            **fields,
             reason=reason,
             exc_type=type(exception).__name__ if exception is not None else None,
             exc_message=self.redactor.value(str(exception)) if exception is not None else None,

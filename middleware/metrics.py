@@ -22,7 +22,6 @@ import math
 import os
 import shutil
 import tempfile
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from dramatiq import Broker, Message, Middleware, Worker
 from brokers.processes import pid_alive
 
 from . import outcomes
-from .deliveries import CurrentDelivery, queue_latency_ms, unwrap
+from .deliveries import ATTEMPTS, unwrap
 from .metric_tally import Tally
 
 ENABLED_ENV = "JOBKIT_METRICS"
@@ -68,10 +67,9 @@ class Metrics(Middleware):
     def __init__(self) -> None:
         self.on = enabled()
         self._m: dict[str, Any] = {}
-        #: Per worker thread, from a job's start to its ack or nack: its labels, monotonic
-        #: start (None once it ended) and queue latency. The in-flight gauge is counted
-        #: from these at each flush.
-        self._delivery = CurrentDelivery()
+        #: Per worker thread, the running attempt (timed once, shared with JobLogging,
+        #: which forgets it at the ack or nack). The in-flight gauge counts them at each flush.
+        self._attempts = ATTEMPTS
         #: (metric, label values) -> child: prometheus-client's labels() is slow per call.
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._tally = Tally(
@@ -141,9 +139,9 @@ class Metrics(Middleware):
         counts = dict.fromkeys(
             (child for (name, _), child in list(self._children.items()) if name == "in_flight"), 0
         )
-        for job in self._delivery.running():
-            if job["started"] is not None:
-                child = self._child("in_flight", *job["labels"])
+        for attempt in self._attempts.running():
+            if attempt.duration_s is None:
+                child = self._child("in_flight", *attempt.labels)
                 counts[child] = counts.get(child, 0) + 1
         return counts
 
@@ -156,41 +154,28 @@ class Metrics(Middleware):
         )
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
-        if not self._m:
-            return
-        message = unwrap(message)
-        self._delivery.start(
-            message,
-            labels=(message.actor_name, message.queue_name),
-            started=time.monotonic(),
-            latency_s=queue_latency_ms(message, int(time.time() * 1000)) / 1000,
-        )
-
-    def _ended(self, message: Message) -> dict[str, Any] | None:
-        """This thread's state for ``message`` if it started here and had not ended yet."""
-        job = self._delivery.get(message)
-        return job if job is not None and job["started"] is not None else None
+        if self._m:
+            self._attempts.begin(unwrap(message))
 
     def after_process_message(
         self, broker: Broker, message: Message, *, result: Any = None, exception: Any = None
     ) -> None:
         if not self._m:
             return
-        message = unwrap(message)
-        job = self._ended(message)
-        if job is None:
+        attempt = self._attempts.get(message)
+        if attempt is None:  # it did not start here (a middleware before this one failed)
             outcome = "succeeded" if exception is None else "failed"
             self._tally.inc(self._child("jobs", message.actor_name, message.queue_name, outcome))
             return
-        duration, job["started"] = time.monotonic() - job["started"], None
-        self._tally.job(job["labels"], exception is None, job["latency_s"], duration)
+        latency_s = attempt.latency_ms / 1000
+        self._tally.job(attempt.labels, exception is None, latency_s, attempt.finish())
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
         if not self._m:
             return
-        job = self._ended(message)
-        if job is not None:
-            job["started"] = None
+        attempt = self._attempts.get(message)
+        if attempt is not None:
+            attempt.finish()  # no longer in flight
         labels = (message.actor_name, message.queue_name)
         if outcomes.peek(message.message_id) == outcomes.DEFERRED:
             self._tally.inc(self._child("rate_limited", *labels))
@@ -202,16 +187,10 @@ class Metrics(Middleware):
         if not self._m or delay is None:
             return
         if (
-            self._delivery.get(message) is not None
+            self._attempts.get(message) is not None
             and outcomes.peek(message.message_id) != outcomes.DEFERRED
         ):
             self._tally.inc(self._child("retried", message.actor_name, message.queue_name))
-
-    def after_ack(self, broker: Broker, message: Message) -> None:
-        self._delivery.end(unwrap(message))
-
-    def after_nack(self, broker: Broker, message: Message) -> None:
-        self._delivery.end(unwrap(message))
 
     def after_dead_letter(self, broker: Broker, record: dict[str, Any]) -> None:
         if self._m:

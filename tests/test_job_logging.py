@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -109,8 +110,8 @@ def test_job_events_render_static_fields_and_values_orjson_cannot_take() -> None
     sink = LineBuffer(handler, interval=3600)
     events = JsonJobEvents(sink, logging.INFO)
     fields = {"message_id": "m1", "actor": "a", "queue": "q", "priority": "normal", "attempt": 1}
-    events.info_job("job.started", fields, {"queue_latency_ms": 0, "args": {"n": {1: object()}}})
-    events.info_job("job.succeeded", fields, {"duration_ms": 0.5})
+    events.job_started(fields, 0, {"n": {1: object()}}, time.time())
+    events.job_succeeded(fields, 0.0005, time.time())
     sink.flush_now()
     started, succeeded = (json.loads(line) for line in handler.stream.getvalue().splitlines())
     assert started["args"] == {"n": {"1": started["args"]["n"]["1"]}}
