@@ -87,6 +87,7 @@ class Attempt:
     """
 
     __slots__ = (
+        "delivery",
         "message",
         "message_id",
         "fields",
@@ -98,9 +99,11 @@ class Attempt:
         "exception",
     )
 
-    def __init__(self, message: Message) -> None:
+    def __init__(self, delivery: Message | MessageProxy) -> None:
+        #: What the hooks are handed (a worker's MessageProxy), and the Message inside it.
+        self.delivery = delivery
+        self.message = message = unwrap(delivery)
         options = message.options
-        self.message = message
         self.message_id = message_id = message.message_id
         actor, queue = message.actor_name, message.queue_name
         self.fields = {
@@ -134,29 +137,33 @@ class Attempts:
     def __init__(self) -> None:
         self._by_thread: dict[int, Attempt] = {}
 
-    def begin(self, message: Message) -> Attempt:
-        """This thread's attempt at ``message`` (the unwrapped Message of this delivery)."""
+    def begin(self, message: Message | MessageProxy) -> Attempt:
+        """This thread's attempt at ``message``, as handed to ``before_process_message``."""
         thread = get_ident()
         attempt = self._by_thread.get(thread)
-        if attempt is None or attempt.message is not message:
+        if attempt is None or attempt.delivery is not message:
             attempt = self._by_thread[thread] = Attempt(message)
         return attempt
 
-    def get(self, message: Message) -> Attempt | None:
+    def get(self, message: Message | MessageProxy) -> Attempt | None:
+        """This thread's attempt at ``message`` (or at a copy of it: the same message id)."""
         attempt = self._by_thread.get(get_ident())
-        return attempt if attempt is not None and attempt.message_id == message.message_id else None
+        if attempt is None:
+            return None
+        # The same object in every hook of one delivery: no attribute read through the proxy.
+        if attempt.delivery is message or attempt.message_id == message.message_id:
+            return attempt
+        return None
 
     def running(self) -> list[Attempt]:
         """Every worker thread's attempt (a snapshot, safe while threads change theirs)."""
         return list(self._by_thread.values())
 
-    def end(self, message: Message) -> Attempt | None:
+    def end(self, message: Message | MessageProxy) -> Attempt | None:
         """Forgets this thread's attempt at ``message`` (at its ack or nack); returns it."""
-        thread = get_ident()
-        attempt = self._by_thread.get(thread)
-        if attempt is None or attempt.message_id != message.message_id:
-            return None
-        del self._by_thread[thread]
+        attempt = self.get(message)
+        if attempt is not None:
+            del self._by_thread[get_ident()]
         return attempt
 
 

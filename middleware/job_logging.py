@@ -686,7 +686,7 @@ class JobLogging(Middleware):
             self.log.info("job.enqueued", **fields, delay_ms=delay)
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
-        attempt = self._attempts.begin(unwrap(message))
+        attempt = self._attempts.begin(message)
         fields = attempt.fields
         _current_job.set(fields)
         args, kwargs = attempt.message.args, attempt.message.kwargs

@@ -31,7 +31,7 @@ from dramatiq import Broker, Message, Middleware, Worker
 from brokers.processes import pid_alive
 
 from . import outcomes
-from .deliveries import ATTEMPTS, unwrap
+from .deliveries import ATTEMPTS
 from .metric_tally import Tally
 
 ENABLED_ENV = "JOBKIT_METRICS"
@@ -155,7 +155,7 @@ class Metrics(Middleware):
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
         if self._m:
-            self._attempts.begin(unwrap(message))
+            self._attempts.begin(message)
 
     def after_process_message(
         self, broker: Broker, message: Message, *, result: Any = None, exception: Any = None

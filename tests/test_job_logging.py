@@ -126,6 +126,76 @@ def test_job_events_render_static_fields_and_values_orjson_cannot_take() -> None
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", succeeded["ts"])
 
 
+def test_job_event_lines_escape_odd_fixed_fields_and_fall_back_for_unusual_ones() -> None:
+    handler = logging.StreamHandler(io.StringIO())
+    sink = LineBuffer(handler, interval=3600)
+    events = JsonJobEvents(sink, logging.INFO)
+    odd = {"message_id": 'm"1\n', "actor": 'a%s"b', "queue": "q%d", "priority": "hi", "attempt": 1}
+    unhashable = {**odd, "priority": ["x"]}
+    events.job_started(odd, 5, {"k": "v"}, 1764525600.25)
+    events.job_succeeded(odd, 0.0125, 1764525600.5)
+    events.job_started(unhashable, 7, None, 1764525601.0)
+    events.job_succeeded(unhashable, None, 1764525601.0)
+    sink.flush_now()
+    lines = handler.stream.getvalue().splitlines()
+    started, succeeded, odd_started, odd_succeeded = (json.loads(line) for line in lines)
+    assert {k: started[k] for k in odd} == odd == {k: succeeded[k] for k in odd}
+    assert (started["event"], started["queue_latency_ms"], started["args"]) == (
+        "job.started",
+        5,
+        {"k": "v"},
+    )
+    assert started["ts"] == "2025-11-30T18:00:00.250000Z"
+    assert (succeeded["event"], succeeded["duration_ms"]) == ("job.succeeded", 12.5)
+    assert odd_started["priority"] == ["x"] and odd_started["args"] is None
+    assert odd_succeeded["duration_ms"] is None and odd_succeeded["level"] == "info"
+
+
+def test_a_flush_writes_whole_lines_in_chunks_and_an_over_long_line_whole() -> None:
+    from middleware.job_logging import CHUNK_CHARS
+
+    writes: list[str] = []
+
+    class Stream:
+        def write(self, text: str) -> None:
+            writes.append(text)
+
+        def flush(self) -> None:
+            pass
+
+    sink = LineBuffer(logging.StreamHandler(Stream()), interval=3600, max_lines=10**6)
+    expected = [f"line {i:05d} " + "x" * 40 for i in range(2000)]
+    expected += ["L" * (2 * CHUNK_CHARS), "tail \udc80"]
+    for line in expected:
+        sink.write(line + "\n")
+    sink.flush_now()
+    assert len(writes) > 2 and all(write.endswith("\n") for write in writes)
+    assert all(len(write) <= CHUNK_CHARS for write in writes if "L" not in write)
+    # A lone surrogate cannot be written as UTF-8: it is written escaped.
+    assert "".join(writes).splitlines() == [*expected[:-1], "tail \\udc80"]
+
+
+def test_an_attempt_is_timed_once_for_logs_and_metrics_and_forgotten_at_its_ack() -> None:
+    from dramatiq import Message
+    from dramatiq.broker import MessageProxy
+
+    from middleware.deliveries import ATTEMPTS
+
+    message = Message(queue_name="q", actor_name="job", args=(), kwargs={}, options={"retries": 1})
+    delivery = MessageProxy(message)
+    attempt = ATTEMPTS.begin(delivery)
+    assert ATTEMPTS.begin(delivery) is attempt  # the second middleware reads the same record
+    assert attempt.message is message and attempt.labels == ("job", "q")
+    assert attempt.fields["attempt"] == 2 and attempt.duration_s is None
+    assert ATTEMPTS.get(message.copy()) is attempt  # Retries' copy of it: the same message id
+    assert attempt.finish() == attempt.finish() == attempt.duration_s >= 0
+    assert ATTEMPTS.end(delivery) is attempt and ATTEMPTS.get(delivery) is None
+    again = MessageProxy(Message.decode(message.encode()))  # delivered again: timed anew
+    assert ATTEMPTS.begin(again) is not attempt
+    assert ATTEMPTS.end(again) is not None
+    assert all(running.delivery is not again for running in ATTEMPTS.running())
+
+
 def test_a_threads_unfinished_line_waits_for_its_newline() -> None:
     """print() writes text, then newline: nothing another thread writes may land between."""
     writes: list[str] = []
