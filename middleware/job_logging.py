@@ -38,7 +38,7 @@ from brokers.errors import BrokerConfigError
 
 from . import outcomes
 from .dead_letters import dead_letter_of
-from .deliveries import ATTEMPTS, unwrap
+from .deliveries import ATTEMPTS, Attempt, unwrap
 from .redaction import Redactor, escape_control
 
 FORMAT_ENV = "JOBKIT_LOG_FORMAT"
@@ -447,9 +447,11 @@ class JsonJobEvents:
         self._render_event = self._render_line  # bound once
         self._render_started = self._render_started  # bound once: one per job
         self._render_succeeded = self._render_succeeded
-        #: Per (actor, queue, priority): the line templates of job.started and job.succeeded.
+        #: Per (actor, queue, priority): the line templates of job.started, job.succeeded
+        #: and of both.
         self._started: dict[tuple[Any, ...], bytes] = {}
         self._succeeded: dict[tuple[Any, ...], bytes] = {}
+        self._both: dict[tuple[Any, ...], bytes] = {}
         self._second = -1
         self._second_text = b""
         self._render = structlog.processors.JSONRenderer(_dumps)
@@ -475,63 +477,82 @@ class JsonJobEvents:
             return
         self._sink.defer(self._render_event, (name, event, fields, _NO_FIELDS, time.time()))
 
-    def job_started(
-        self, fields: dict[str, Any], queue_latency_ms: int, args: Any, now: float
-    ) -> None:
+    def job_started(self, attempt: Attempt, args: Any) -> None:
         """An attempt's start at INFO: handed over as is, rendered at the buffer's flush."""
         if self._level <= logging.INFO:
-            self._sink.defer(self._render_started, (fields, queue_latency_ms, args, now))
+            self._sink.defer(self._render_started, (attempt, args))
 
-    def job_succeeded(self, fields: dict[str, Any], duration_s: float | None, now: float) -> None:
-        """An attempt's success at INFO: handed over as is, rendered at the buffer's flush."""
+    def job_succeeded(self, attempt: Attempt) -> None:
+        """An attempt's success at INFO (after ``attempt.finish()``), rendered at the flush."""
         if self._level <= logging.INFO:
-            self._sink.defer(self._render_succeeded, (fields, duration_s, now))
+            attempt.succeeded = True
+            self._sink.defer(self._render_succeeded, attempt)
 
-    def _render_started(self, item: tuple[dict[str, Any], int, Any, float]) -> bytes:
-        fields, latency_ms, args, now = item
+    def _render_started(self, item: tuple[Attempt, Any]) -> bytes:
+        """Its job.started line, and its job.succeeded line too if it has succeeded meanwhile.
+
+        Most jobs end before the next flush: both lines then come from one template
+        in one go, and the job.succeeded item (later in the buffer) renders nothing.
+        """
+        attempt, args = item
+        fields = attempt.fields
         try:
-            template = self._started.get((fields["actor"], fields["queue"], fields["priority"]))
-            if template is None:
-                template = self._template(self._started, "job.started", fields)
+            key = (fields["actor"], fields["queue"], fields["priority"])
             try:
                 args_json = orjson.dumps(args)
             except TypeError:  # a value orjson cannot take, or a non-string key
                 args_json = _dumps(args, repr)
+            now = attempt.started_at
             whole = int(now)
             if whole != self._second:
                 self._new_second(whole)
             values = (
                 orjson.dumps(fields["message_id"]),
                 fields["attempt"],
-                latency_ms,
+                attempt.latency_ms,
                 args_json,
                 self._second_text,
                 (now - whole) * 1_000_000,
             )
-            return template % values
+            if not attempt.succeeded:
+                return (self._started.get(key) or self._template("job.started", key)) % values
+            duration_s = attempt.duration_s
+            end = now + duration_s
+            end_whole = int(end)
+            if end_whole != whole:
+                self._new_second(end_whole)
+            values += (
+                values[0],
+                values[1],
+                duration_s * 1000,
+                self._second_text,
+                (end - end_whole) * 1_000_000,
+            )
+            lines = (self._both.get(key) or self._template("both", key)) % values
+            attempt.success_logged = True
+            return lines
         except (TypeError, KeyError):  # fields of unusual types: the general renderer
-            extra = {"queue_latency_ms": latency_ms, "args": args}
-            return self._render_line(("info", "job.started", fields, extra, now))
+            extra = {"queue_latency_ms": attempt.latency_ms, "args": args}
+            return self._render_line(("info", "job.started", fields, extra, attempt.started_at))
 
-    def _render_succeeded(self, item: tuple[dict[str, Any], float | None, float]) -> bytes:
-        fields, duration_s, now = item
+    def _render_succeeded(self, attempt: Attempt) -> bytes:
+        if attempt.success_logged:  # with its start
+            return b""
+        fields, duration_s = attempt.fields, attempt.duration_s
+        now = attempt.started_at + duration_s  # type: ignore[operator] - set by finish()
         try:
-            if duration_s is None:
-                raise TypeError("no duration")
-            template = self._succeeded.get((fields["actor"], fields["queue"], fields["priority"]))
-            if template is None:
-                template = self._template(self._succeeded, "job.succeeded", fields)
+            key = (fields["actor"], fields["queue"], fields["priority"])
             whole = int(now)
             if whole != self._second:
                 self._new_second(whole)
             values = (
                 orjson.dumps(fields["message_id"]),
                 fields["attempt"],
-                duration_s * 1000,
+                duration_s * 1000,  # type: ignore[operator]
                 self._second_text,
                 (now - whole) * 1_000_000,
             )
-            return template % values
+            return (self._succeeded.get(key) or self._template("job.succeeded", key)) % values
         except (TypeError, KeyError):
             extra = {"duration_ms": _ms(duration_s)}
             return self._render_line(("info", "job.succeeded", fields, extra, now))
@@ -543,18 +564,22 @@ class JsonJobEvents:
         "job.succeeded": b'"message_id":%s,"attempt":%d,"duration_ms":%.2f,"ts":"%s.%06dZ"}\n',
     }
 
-    def _template(
-        self, cache: dict[tuple[Any, ...], bytes], event: str, fields: dict[str, Any]
-    ) -> bytes:
-        """The event's line for %-formatting, its fixed fields rendered (once per actor,
-        queue and priority, not twice per job)."""
-        key = (fields["actor"], fields["queue"], fields["priority"])
+    def _template(self, event: str, key: tuple[Any, Any, Any]) -> bytes:
+        """The line of ``event`` (or of both, one after the other) for one actor, queue and
+        priority, its fixed fields rendered once, ready for %-formatting."""
+        cache = {"job.started": self._started, "job.succeeded": self._succeeded}.get(
+            event, self._both
+        )
         if len(cache) >= 4096:  # actors or priorities made up per message
             cache.clear()
-        fixed = {**self._static, "actor": key[0], "queue": key[1], "priority": key[2]}
-        fixed.update(event=event, level="info")
-        head = _dumps(fixed, repr)[:-1].replace(b"%", b"%%")
-        template = cache[key] = head + b"," + self._TAILS[event]
+        if event == "both":
+            template = self._template("job.started", key) + self._template("job.succeeded", key)
+        else:
+            fixed = {**self._static, "actor": key[0], "queue": key[1], "priority": key[2]}
+            fixed.update(event=event, level="info")
+            head = _dumps(fixed, repr)[:-1].replace(b"%", b"%%")
+            template = head + b"," + self._TAILS[event]
+        cache[key] = template
         return template
 
     def _new_second(self, whole: int) -> None:
@@ -699,7 +724,7 @@ class JobLogging(Middleware):
             arguments = {} if attempt.message.actor_name in broker.actors else None
         events = _job_events
         if type(events) is JsonJobEvents:  # straight into the JSON line buffer
-            events.job_started(fields, attempt.latency_ms, arguments, attempt.started_at)
+            events.job_started(attempt, arguments)
         else:
             latency_ms = attempt.latency_ms
             self.log.info("job.started", **fields, queue_latency_ms=latency_ms, args=arguments)
@@ -710,14 +735,13 @@ class JobLogging(Middleware):
         # Retries has already counted this attempt in options["retries"]: use the start's fields.
         attempt = self._attempts.get(message)
         if attempt is None:  # it did not start here (a middleware before this one failed)
-            fields, duration, now = self._fields(unwrap(message)), None, time.time()
+            fields, duration = self._fields(unwrap(message)), None
         else:
             fields, duration = attempt.fields, attempt.finish()
-            now = attempt.started_at + duration
         if exception is None:
             events = _job_events
-            if type(events) is JsonJobEvents:
-                events.job_succeeded(fields, duration, now)
+            if type(events) is JsonJobEvents and attempt is not None:
+                events.job_succeeded(attempt)
             else:
                 self.log.info("job.succeeded", **fields, duration_ms=_ms(duration))
         else:

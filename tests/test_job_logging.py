@@ -8,9 +8,9 @@ import logging
 import os
 import re
 import threading
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dramatiq import Broker
@@ -105,24 +105,33 @@ def test_a_value_with_newlines_cannot_start_a_new_line(fmt: str, own_logging: No
         assert [json.loads(line)["level"] for line in lines] == ["warning", "warning"]
 
 
+def _attempt(**message: Any) -> Any:
+    from dramatiq import Message
+
+    from middleware.deliveries import Attempt
+
+    fields = {"queue_name": "q", "actor_name": "a", "args": (), "kwargs": {}, "options": {}}
+    return Attempt(Message(**{**fields, **message}))
+
+
 def test_job_events_render_static_fields_and_values_orjson_cannot_take() -> None:
     handler = logging.StreamHandler(io.StringIO())
     sink = LineBuffer(handler, interval=3600)
     events = JsonJobEvents(sink, logging.INFO)
-    fields = {"message_id": "m1", "actor": "a", "queue": "q", "priority": "normal", "attempt": 1}
-    events.job_started(fields, 0, {"n": {1: object()}}, time.time())
-    events.job_succeeded(fields, 0.0005, time.time())
+    attempt = _attempt(options={"priority": "normal"})
+    events.job_started(attempt, {"n": {1: object()}})
+    attempt.finish()
+    events.job_succeeded(attempt)
     sink.flush_now()
     started, succeeded = (json.loads(line) for line in handler.stream.getvalue().splitlines())
     assert started["args"] == {"n": {"1": started["args"]["n"]["1"]}}
     assert started["args"]["n"]["1"].startswith("<object object")  # repr, as structlog's
     assert started["logger"] == "jobkit.jobs" and started["pid"] == os.getpid()
+    fields = attempt.fields
     assert {k: started[k] for k in fields} == fields == {k: succeeded[k] for k in fields}
-    assert (succeeded["event"], succeeded["level"], succeeded["duration_ms"]) == (
-        "job.succeeded",
-        "info",
-        0.5,
-    )
+    assert fields["attempt"] == 1 and fields["priority"] == "normal"
+    assert (succeeded["event"], succeeded["level"]) == ("job.succeeded", "info")
+    assert succeeded["duration_ms"] == round(attempt.duration_s * 1000, 2)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", succeeded["ts"])
 
 
@@ -130,16 +139,20 @@ def test_job_event_lines_escape_odd_fixed_fields_and_fall_back_for_unusual_ones(
     handler = logging.StreamHandler(io.StringIO())
     sink = LineBuffer(handler, interval=3600)
     events = JsonJobEvents(sink, logging.INFO)
-    odd = {"message_id": 'm"1\n', "actor": 'a%s"b', "queue": "q%d", "priority": "hi", "attempt": 1}
-    unhashable = {**odd, "priority": ["x"]}
-    events.job_started(odd, 5, {"k": "v"}, 1764525600.25)
-    events.job_succeeded(odd, 0.0125, 1764525600.5)
-    events.job_started(unhashable, 7, None, 1764525601.0)
-    events.job_succeeded(unhashable, None, 1764525601.0)
+    odd = _attempt(message_id='m"1\n', actor_name='a%s"b', queue_name="q%d")
+    unhashable = _attempt(options={"priority": ["x"]})
+    for attempt, args in ((odd, {"k": "v"}), (unhashable, None)):
+        attempt.started_at, attempt.latency_ms = 1764525600.25, 5
+        events.job_started(attempt, args)
+        attempt.duration_s = 0.0125
+        events.job_succeeded(attempt)
     sink.flush_now()
     lines = handler.stream.getvalue().splitlines()
     started, succeeded, odd_started, odd_succeeded = (json.loads(line) for line in lines)
-    assert {k: started[k] for k in odd} == odd == {k: succeeded[k] for k in odd}
+    assert (
+        {k: started[k] for k in odd.fields} == odd.fields == {k: succeeded[k] for k in odd.fields}
+    )
+    assert odd.fields["actor"] == 'a%s"b' and odd.fields["message_id"] == 'm"1\n'
     assert (started["event"], started["queue_latency_ms"], started["args"]) == (
         "job.started",
         5,
@@ -147,8 +160,34 @@ def test_job_event_lines_escape_odd_fixed_fields_and_fall_back_for_unusual_ones(
     )
     assert started["ts"] == "2025-11-30T18:00:00.250000Z"
     assert (succeeded["event"], succeeded["duration_ms"]) == ("job.succeeded", 12.5)
+    assert succeeded["ts"] == "2025-11-30T18:00:00.262500Z"
     assert odd_started["priority"] == ["x"] and odd_started["args"] is None
-    assert odd_succeeded["duration_ms"] is None and odd_succeeded["level"] == "info"
+    assert odd_succeeded["duration_ms"] == 12.5 and odd_succeeded["level"] == "info"
+
+
+def test_a_start_waits_for_no_end_and_an_end_rendered_with_its_start_is_not_repeated() -> None:
+    handler = logging.StreamHandler(io.StringIO())
+    sink = LineBuffer(handler, interval=3600)
+    events = JsonJobEvents(sink, logging.INFO)
+    running, quick, slow = _attempt(), _attempt(), _attempt()
+    for attempt in (running, quick, slow):
+        events.job_started(attempt, {})
+    quick.finish()
+    events.job_succeeded(quick)
+    slow.finish()
+    sink.flush_now()  # slow ended, but its job.succeeded is not handed over yet
+    slow.duration_s = 2.0
+    events.job_succeeded(slow)
+    sink.flush_now()
+    lines = [json.loads(line) for line in handler.stream.getvalue().splitlines()]
+    assert [(line["message_id"], line["event"]) for line in lines] == [
+        (running.message_id, "job.started"),
+        (quick.message_id, "job.started"),
+        (quick.message_id, "job.succeeded"),
+        (slow.message_id, "job.started"),
+        (slow.message_id, "job.succeeded"),
+    ]
+    assert lines[-1]["duration_ms"] == 2000.0
 
 
 def test_a_flush_writes_whole_lines_in_chunks_and_an_over_long_line_whole() -> None:
