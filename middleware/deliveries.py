@@ -5,6 +5,9 @@ re-enqueue, ``after_ack``/``after_nack``) runs in the worker thread that took
 the message, while the next attempt of the same message (same message id) may
 already run in another thread. State kept in a dict by message id would mix
 the two; state kept per thread cannot.
+
+``CurrentDelivery`` is one middleware's own state; ``ATTEMPTS`` is the timed
+attempt that JobLogging and Metrics share, so a job is timed once.
 """
 
 from __future__ import annotations
