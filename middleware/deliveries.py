@@ -100,8 +100,6 @@ class Attempt:
         "latency_ms",
         "duration_s",
         "exception",
-        "succeeded",
-        "success_logged",
     )
 
     def __init__(self, delivery: Message | MessageProxy) -> None:
@@ -124,9 +122,6 @@ class Attempt:
         self.latency_ms = queue_latency_ms(message, now * 1000)
         self.duration_s: float | None = None
         self.exception: BaseException | None = None
-        #: Set by JobLogging: it ended without an exception; its job.succeeded line is out.
-        self.succeeded = False
-        self.success_logged = False
 
     def finish(self) -> float:
         """Seconds it ran, measured by the first middleware to ask once it ended."""

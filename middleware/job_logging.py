@@ -447,11 +447,9 @@ class JsonJobEvents:
         self._render_event = self._render_line  # bound once
         self._render_started = self._render_started  # bound once: one per job
         self._render_succeeded = self._render_succeeded
-        #: Per (actor, queue, priority): the line templates of job.started, job.succeeded
-        #: and of both.
+        #: Per (actor, queue, priority): the line templates of job.started and job.succeeded.
         self._started: dict[tuple[Any, ...], bytes] = {}
         self._succeeded: dict[tuple[Any, ...], bytes] = {}
-        self._both: dict[tuple[Any, ...], bytes] = {}
         self._second = -1
         self._second_text = b""
         self._render = structlog.processors.JSONRenderer(_dumps)
@@ -485,24 +483,17 @@ class JsonJobEvents:
     def job_succeeded(self, attempt: Attempt) -> None:
         """An attempt's success at INFO (after ``attempt.finish()``), rendered at the flush."""
         if self._level <= logging.INFO:
-            attempt.succeeded = True
             self._sink.defer(self._render_succeeded, attempt)
 
     def _render_started(self, item: tuple[Attempt, Any]) -> bytes:
-        """Its job.started line, and its job.succeeded line too if it has succeeded meanwhile.
-
-        Most jobs end before the next flush: both lines then come from one template
-        in one go, and the job.succeeded item (later in the buffer) renders nothing.
-        """
         attempt, args = item
         fields = attempt.fields
+        now = attempt.started_at
         try:
-            key = (fields["actor"], fields["queue"], fields["priority"])
             try:
                 args_json = orjson.dumps(args)
             except TypeError:  # a value orjson cannot take, or a non-string key
                 args_json = _dumps(args, repr)
-            now = attempt.started_at
             whole = int(now)
             if whole != self._second:
                 self._new_second(whole)
@@ -514,34 +505,19 @@ class JsonJobEvents:
                 self._second_text,
                 (now - whole) * 1_000_000,
             )
-            if not attempt.succeeded:
-                return (self._started.get(key) or self._template("job.started", key)) % values
-            duration_s = attempt.duration_s
-            end = now + duration_s
-            end_whole = int(end)
-            if end_whole != whole:
-                self._new_second(end_whole)
-            values += (
-                values[0],
-                values[1],
-                duration_s * 1000,
-                self._second_text,
-                (end - end_whole) * 1_000_000,
-            )
-            lines = (self._both.get(key) or self._template("both", key)) % values
-            attempt.success_logged = True
-            return lines
+            key = (fields["actor"], fields["queue"], fields["priority"])
+            template = self._started.get(key)
+            if template is None:
+                template = self._template(self._started, "job.started", key)
+            return template % values
         except (TypeError, KeyError):  # fields of unusual types: the general renderer
             extra = {"queue_latency_ms": attempt.latency_ms, "args": args}
-            return self._render_line(("info", "job.started", fields, extra, attempt.started_at))
+            return self._render_line(("info", "job.started", fields, extra, now))
 
     def _render_succeeded(self, attempt: Attempt) -> bytes:
-        if attempt.success_logged:  # with its start
-            return b""
         fields, duration_s = attempt.fields, attempt.duration_s
         now = attempt.started_at + duration_s  # type: ignore[operator] - set by finish()
         try:
-            key = (fields["actor"], fields["queue"], fields["priority"])
             whole = int(now)
             if whole != self._second:
                 self._new_second(whole)
@@ -552,7 +528,11 @@ class JsonJobEvents:
                 self._second_text,
                 (now - whole) * 1_000_000,
             )
-            return (self._succeeded.get(key) or self._template("job.succeeded", key)) % values
+            key = (fields["actor"], fields["queue"], fields["priority"])
+            template = self._succeeded.get(key)
+            if template is None:
+                template = self._template(self._succeeded, "job.succeeded", key)
+            return template % values
         except (TypeError, KeyError):
             extra = {"duration_ms": _ms(duration_s)}
             return self._render_line(("info", "job.succeeded", fields, extra, now))
@@ -564,22 +544,17 @@ class JsonJobEvents:
         "job.succeeded": b'"message_id":%s,"attempt":%d,"duration_ms":%.2f,"ts":"%s.%06dZ"}\n',
     }
 
-    def _template(self, event: str, key: tuple[Any, Any, Any]) -> bytes:
-        """The line of ``event`` (or of both, one after the other) for one actor, queue and
-        priority, its fixed fields rendered once, ready for %-formatting."""
-        cache = {"job.started": self._started, "job.succeeded": self._succeeded}.get(
-            event, self._both
-        )
+    def _template(
+        self, cache: dict[tuple[Any, ...], bytes], event: str, key: tuple[Any, Any, Any]
+    ) -> bytes:
+        """The line of ``event`` for one (actor, queue, priority), ready for %-formatting:
+        its fixed fields rendered once per such trio, not twice per job."""
         if len(cache) >= 4096:  # actors or priorities made up per message
             cache.clear()
-        if event == "both":
-            template = self._template("job.started", key) + self._template("job.succeeded", key)
-        else:
-            fixed = {**self._static, "actor": key[0], "queue": key[1], "priority": key[2]}
-            fixed.update(event=event, level="info")
-            head = _dumps(fixed, repr)[:-1].replace(b"%", b"%%")
-            template = head + b"," + self._TAILS[event]
-        cache[key] = template
+        fixed = {**self._static, "actor": key[0], "queue": key[1], "priority": key[2]}
+        fixed.update(event=event, level="info")
+        head = _dumps(fixed, repr)[:-1].replace(b"%", b"%%")
+        template = cache[key] = head + b"," + self._TAILS[event]
         return template
 
     def _new_second(self, whole: int) -> None:

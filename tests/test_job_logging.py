@@ -114,10 +114,15 @@ def _attempt(**message: Any) -> Any:
     return Attempt(Message(**{**fields, **message}))
 
 
-def test_job_events_render_static_fields_and_values_orjson_cannot_take() -> None:
+def _json_events() -> tuple[logging.StreamHandler, LineBuffer, JsonJobEvents]:
+    """Job events into a line buffer over a StringIO, flushed only when a test says so."""
     handler = logging.StreamHandler(io.StringIO())
     sink = LineBuffer(handler, interval=3600)
-    events = JsonJobEvents(sink, logging.INFO)
+    return handler, sink, JsonJobEvents(sink, logging.INFO)
+
+
+def test_job_events_render_static_fields_and_values_orjson_cannot_take() -> None:
+    handler, sink, events = _json_events()
     attempt = _attempt(options={"priority": "normal"})
     events.job_started(attempt, {"n": {1: object()}})
     attempt.finish()
@@ -136,9 +141,7 @@ def test_job_events_render_static_fields_and_values_orjson_cannot_take() -> None
 
 
 def test_job_event_lines_escape_odd_fixed_fields_and_fall_back_for_unusual_ones() -> None:
-    handler = logging.StreamHandler(io.StringIO())
-    sink = LineBuffer(handler, interval=3600)
-    events = JsonJobEvents(sink, logging.INFO)
+    handler, sink, events = _json_events()
     odd = _attempt(message_id='m"1\n', actor_name='a%s"b', queue_name="q%d")
     unhashable = _attempt(options={"priority": ["x"]})
     for attempt, args in ((odd, {"k": "v"}), (unhashable, None)):
@@ -165,17 +168,15 @@ def test_job_event_lines_escape_odd_fixed_fields_and_fall_back_for_unusual_ones(
     assert odd_succeeded["duration_ms"] == 12.5 and odd_succeeded["level"] == "info"
 
 
-def test_a_start_waits_for_no_end_and_an_end_rendered_with_its_start_is_not_repeated() -> None:
-    handler = logging.StreamHandler(io.StringIO())
-    sink = LineBuffer(handler, interval=3600)
-    events = JsonJobEvents(sink, logging.INFO)
+def test_job_events_come_out_once_each_in_the_order_they_were_handed_over() -> None:
+    handler, sink, events = _json_events()
     running, quick, slow = _attempt(), _attempt(), _attempt()
     for attempt in (running, quick, slow):
         events.job_started(attempt, {})
     quick.finish()
     events.job_succeeded(quick)
     slow.finish()
-    sink.flush_now()  # slow ended, but its job.succeeded is not handed over yet
+    sink.flush_now()  # slow ended, but its job.succeeded is not handed over yet: none for it
     slow.duration_s = 2.0
     events.job_succeeded(slow)
     sink.flush_now()
@@ -183,8 +184,8 @@ def test_a_start_waits_for_no_end_and_an_end_rendered_with_its_start_is_not_repe
     assert [(line["message_id"], line["event"]) for line in lines] == [
         (running.message_id, "job.started"),
         (quick.message_id, "job.started"),
-        (quick.message_id, "job.succeeded"),
         (slow.message_id, "job.started"),
+        (quick.message_id, "job.succeeded"),
         (slow.message_id, "job.succeeded"),
     ]
     assert lines[-1]["duration_ms"] == 2000.0
