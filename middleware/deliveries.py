@@ -85,21 +85,25 @@ def queue_latency_ms(message: Message, now_ms: float) -> int:
 class Attempt:
     """One attempt at a message in a worker thread, timed once for every middleware reading it.
 
-    ``fields`` are the job's log fields (``attempt`` counts this attempt);
-    ``duration_s`` is None while it runs.
+    ``number`` counts this attempt (1 for the first run); ``duration_s`` is None
+    while it runs. The job's log fields are built only when asked for
+    (``fields``): a job that succeeds is rendered from the slots.
     """
 
     __slots__ = (
         "delivery",
         "message",
         "message_id",
-        "fields",
-        "labels",
+        "actor",
+        "queue",
+        "priority",
+        "number",
         "started",
         "started_at",
         "latency_ms",
         "duration_s",
         "exception",
+        "_fields",
     )
 
     def __init__(self, delivery: Message | MessageProxy) -> None:
@@ -107,21 +111,36 @@ class Attempt:
         self.delivery = delivery
         self.message = message = unwrap(delivery)
         options = message.options
-        self.message_id = message_id = message.message_id
-        actor, queue = message.actor_name, message.queue_name
-        self.fields = {
-            "message_id": message_id,
-            "actor": actor,
-            "queue": queue,
-            "priority": options.get("priority", "normal"),
-            "attempt": options.get("retries", 0) + 1,
-        }
-        self.labels = (actor, queue)
+        self.message_id = message.message_id
+        self.actor = message.actor_name
+        self.queue = message.queue_name
+        self.priority = options.get("priority", "normal")
+        self.number = options.get("retries", 0) + 1
         self.started = monotonic()
         self.started_at = now = time()
         self.latency_ms = queue_latency_ms(message, now * 1000)
         self.duration_s: float | None = None
         self.exception: BaseException | None = None
+        self._fields: dict[str, Any] | None = None
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The job's log fields: message_id, actor, queue, priority, attempt."""
+        fields = self._fields
+        if fields is None:
+            fields = self._fields = {
+                "message_id": self.message_id,
+                "actor": self.actor,
+                "queue": self.queue,
+                "priority": self.priority,
+                "attempt": self.number,
+            }
+        return fields
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        """Its metric labels: actor and queue."""
+        return self.actor, self.queue
 
     def finish(self) -> float:
         """Seconds it ran, measured by the first middleware to ask once it ended."""

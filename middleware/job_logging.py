@@ -91,8 +91,8 @@ def _stamp(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-#: The job this thread is running: its message_id, actor, queue, priority and attempt.
-_current_job: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+#: The attempt this thread is running (its fields: message_id, actor, queue, priority, attempt).
+_current_job: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar(
     "jobkit_current_job", default=None
 )
 
@@ -101,14 +101,15 @@ def _merge_current_job(logger: Any, name: str, event: dict[str, Any]) -> dict[st
     """Adds the running job's fields to any log line written while it runs (actor code's too)."""
     job = _current_job.get()
     if job is not None:
-        for key, value in job.items():
+        for key, value in job.fields.items():
             event.setdefault(key, value)
     return event
 
 
 def current_job() -> dict[str, Any] | None:
     """The fields of the job running in this thread (``None`` outside a job)."""
-    return _current_job.get()
+    job = _current_job.get()
+    return job.fields if job is not None else None
 
 
 def _process_facts(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -487,55 +488,50 @@ class JsonJobEvents:
 
     def _render_started(self, item: tuple[Attempt, Any]) -> bytes:
         attempt, args = item
-        fields = attempt.fields
         now = attempt.started_at
+        whole = int(now)
+        if whole != self._second:
+            self._new_second(whole)
         try:
             try:
                 args_json = orjson.dumps(args)
             except TypeError:  # a value orjson cannot take, or a non-string key
                 args_json = _dumps(args, repr)
-            whole = int(now)
-            if whole != self._second:
-                self._new_second(whole)
-            values = (
-                orjson.dumps(fields["message_id"]),
-                fields["attempt"],
+            key = (attempt.actor, attempt.queue, attempt.priority)
+            template = self._started.get(key) or self._template(self._started, "job.started", key)
+            return template % (
+                orjson.dumps(attempt.message_id),
+                attempt.number,
                 attempt.latency_ms,
                 args_json,
                 self._second_text,
                 (now - whole) * 1_000_000,
             )
-            key = (fields["actor"], fields["queue"], fields["priority"])
-            template = self._started.get(key)
-            if template is None:
-                template = self._template(self._started, "job.started", key)
-            return template % values
-        except (TypeError, KeyError):  # fields of unusual types: the general renderer
+        except TypeError:  # fields of unusual types: the general renderer
             extra = {"queue_latency_ms": attempt.latency_ms, "args": args}
-            return self._render_line(("info", "job.started", fields, extra, now))
+            return self._render_line(("info", "job.started", attempt.fields, extra, now))
 
     def _render_succeeded(self, attempt: Attempt) -> bytes:
-        fields, duration_s = attempt.fields, attempt.duration_s
+        duration_s = attempt.duration_s
         now = attempt.started_at + duration_s  # type: ignore[operator] - set by finish()
+        whole = int(now)
+        if whole != self._second:
+            self._new_second(whole)
         try:
-            whole = int(now)
-            if whole != self._second:
-                self._new_second(whole)
-            values = (
-                orjson.dumps(fields["message_id"]),
-                fields["attempt"],
+            key = (attempt.actor, attempt.queue, attempt.priority)
+            template = self._succeeded.get(key) or self._template(
+                self._succeeded, "job.succeeded", key
+            )
+            return template % (
+                orjson.dumps(attempt.message_id),
+                attempt.number,
                 duration_s * 1000,  # type: ignore[operator]
                 self._second_text,
                 (now - whole) * 1_000_000,
             )
-            key = (fields["actor"], fields["queue"], fields["priority"])
-            template = self._succeeded.get(key)
-            if template is None:
-                template = self._template(self._succeeded, "job.succeeded", key)
-            return template % values
-        except (TypeError, KeyError):
+        except TypeError:
             extra = {"duration_ms": _ms(duration_s)}
-            return self._render_line(("info", "job.succeeded", fields, extra, now))
+            return self._render_line(("info", "job.succeeded", attempt.fields, extra, now))
 
     #: What follows a job event's fixed part: its per-attempt values and time.
     _TAILS = {
@@ -654,6 +650,10 @@ class JobLogging(Middleware):
         """
         return _configured is not None
 
+    def _fields_of(self, attempt: Attempt | None, message: Message) -> dict[str, Any]:
+        # Retries has already counted this attempt in options["retries"]: the start's fields.
+        return attempt.fields if attempt is not None else self._fields(unwrap(message))
+
     def _fields(self, message: Message) -> dict[str, Any]:
         return {
             "message_id": message.message_id,
@@ -687,44 +687,44 @@ class JobLogging(Middleware):
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
         attempt = self._attempts.begin(message)
-        fields = attempt.fields
-        _current_job.set(fields)
-        args, kwargs = attempt.message.args, attempt.message.kwargs
+        _current_job.set(attempt)
+        inner = attempt.message
+        args, kwargs = inner.args, inner.kwargs
         if args or kwargs:
-            actor = broker.actors.get(attempt.message.actor_name)
+            actor = broker.actors.get(attempt.actor)
             arguments = (
                 self.redactor.arguments(actor.fn, tuple(args), dict(kwargs)) if actor else None
             )
         else:
-            arguments = {} if attempt.message.actor_name in broker.actors else None
+            arguments = {} if attempt.actor in broker.actors else None
         events = _job_events
         if type(events) is JsonJobEvents:  # straight into the JSON line buffer
             events.job_started(attempt, arguments)
         else:
-            latency_ms = attempt.latency_ms
-            self.log.info("job.started", **fields, queue_latency_ms=latency_ms, args=arguments)
+            self.log.info(
+                "job.started",
+                **attempt.fields,
+                queue_latency_ms=attempt.latency_ms,
+                args=arguments,
+            )
 
     def after_process_message(
         self, broker: Broker, message: Message, *, result: Any = None, exception: Any = None
     ) -> None:
-        # Retries has already counted this attempt in options["retries"]: use the start's fields.
         attempt = self._attempts.get(message)
-        if attempt is None:  # it did not start here (a middleware before this one failed)
-            fields, duration = self._fields(unwrap(message)), None
-        else:
-            fields, duration = attempt.fields, attempt.finish()
+        duration = attempt.finish() if attempt is not None else None
         if exception is None:
-            events = _job_events
-            if type(events) is JsonJobEvents and attempt is not None:
-                events.job_succeeded(attempt)
+            if attempt is not None and type(_job_events) is JsonJobEvents:
+                _job_events.job_succeeded(attempt)  # straight into the JSON line buffer
             else:
+                fields = self._fields_of(attempt, message)
                 self.log.info("job.succeeded", **fields, duration_ms=_ms(duration))
         else:
             if attempt is not None:
                 attempt.exception = exception
             self.log.warning(
                 "job.failed",
-                **fields,
+                **self._fields_of(attempt, message),
                 duration_ms=_ms(duration),
                 exc_type=type(exception).__name__,
                 exc_message=self.redactor.value(str(exception)),
@@ -748,7 +748,7 @@ class JobLogging(Middleware):
 
     def after_nack(self, broker: Broker, message: Message) -> None:
         attempt = self._attempts.end(message)
-        fields = attempt.fields if attempt is not None else self._fields(message)
+        fields = self._fields_of(attempt, message)
         exception = (attempt and attempt.exception) or getattr(message, "_exception", None)
         reason = dead_letter_of(broker, message)["reason"]
         # Rate limiting is flow control, not an error (also for Sentry's log capture).

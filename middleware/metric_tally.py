@@ -19,6 +19,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from .deliveries import Attempt
+
 FLUSH_INTERVAL_S = 1.0
 
 logger = logging.getLogger("jobkit.metrics")
@@ -37,13 +39,13 @@ class Tally:
         self.interval_s = interval_s
         #: Read at each flush: gauge child -> value to set (levels, not changes).
         self.gauges = gauges
-        #: For job(): key -> (succeeded counter, failed counter, latency and duration
-        #: histograms), whose buckets' upper bounds are ``job_bounds``.
+        #: For job(): (actor, queue) -> (succeeded counter, failed counter, latency and
+        #: duration histograms), whose buckets' upper bounds are ``job_bounds``.
         self.job_children = job_children
         self.job_bounds = job_bounds
         self._lock = threading.Lock()
-        #: (key, succeeded, latency s, duration s) per attempt finished since the last flush.
-        self._finished: collections.deque[tuple[Any, bool, float, float]] = collections.deque()
+        #: (attempt, succeeded) per attempt finished since the last flush.
+        self._finished: collections.deque[tuple[Attempt, bool]] = collections.deque()
         self._increments: defaultdict[Any, float] = defaultdict(float)
         #: histogram child -> [sum of observations, count per bucket...]
         self._histograms: dict[Any, list[float]] = {}
@@ -64,19 +66,22 @@ class Tally:
             pending[0] += value
             pending[index + 1] += 1
 
-    def job(self, key: Any, succeeded: bool, latency_s: float, duration_s: float) -> None:
-        """One finished attempt: outcome, queue latency and duration, summed at the next flush."""
-        self._finished.append((key, succeeded, latency_s, duration_s))  # atomic: no lock
+    def job(self, attempt: Attempt, succeeded: bool) -> None:
+        """One finished attempt (``finish()`` called): its outcome, queue latency and
+        duration are summed at the next flush."""
+        self._finished.append((attempt, succeeded))  # atomic: no lock
 
     def _sum_finished(self) -> dict[Any, list[float]]:
-        """key -> [succeeded, failed, latency sum, duration sum, latency buckets...,
+        """(actor, queue) -> [succeeded, failed, latency sum, duration sum, latency buckets...,
         duration buckets...] over the attempts finished since the last flush."""
         bounds = self.job_bounds
         n = len(bounds)
         jobs: dict[Any, list[float]] = {}
         finished = self._finished
         for _ in range(len(finished)):
-            key, succeeded, latency_s, duration_s = finished.popleft()
+            attempt, succeeded = finished.popleft()
+            key = attempt.actor, attempt.queue
+            latency_s, duration_s = attempt.latency_ms / 1000, attempt.duration_s
             stats = jobs.get(key)
             if stats is None:
                 stats = jobs[key] = [0.0] * (4 + 2 * n)

@@ -167,8 +167,8 @@ class Metrics(Middleware):
             outcome = "succeeded" if exception is None else "failed"
             self._tally.inc(self._child("jobs", message.actor_name, message.queue_name, outcome))
             return
-        latency_s = attempt.latency_ms / 1000
-        self._tally.job(attempt.labels, exception is None, latency_s, attempt.finish())
+        attempt.finish()
+        self._tally.job(attempt, exception is None)
 
     def after_skip_message(self, broker: Broker, message: Message) -> None:
         if not self._m:
