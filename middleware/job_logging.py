@@ -30,20 +30,23 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 import structlog
 from dramatiq import Broker, Message, Middleware
 
 from brokers.errors import BrokerConfigError
 
-from . import outcomes
+from . import outcomes, render_process
 from .dead_letters import dead_letter_of
 from .deliveries import ATTEMPTS, Attempt, unwrap
+from .job_lines import STARTED, SUCCEEDED, JobLines, utc_timestamp
+from .job_lines import dumps as _dumps
 from .redaction import Redactor, escape_control
 
 FORMAT_ENV = "JOBKIT_LOG_FORMAT"
 LEVEL_ENV = "JOBKIT_LOG_LEVEL"
 FORMATS = ("json", "console")
+RENDER_ENV = "JOBKIT_LOG_RENDER"
+RENDER_MODES = ("process", "inline")
 MAX_FIELD = 16_384
 HOST = socket.gethostname()
 
@@ -56,34 +59,8 @@ _configure_lock = threading.Lock()
 _job_events: Any = None
 
 
-def _dumps(value: Any, default: Any = None, **_: Any) -> bytes:
-    """orjson, structlog's recommended fast serializer; non-string keys become strings."""
-    return orjson.dumps(value, default=default, option=orjson.OPT_NON_STR_KEYS)
-
-
 def _dumps_text(value: Any, default: Any = None, **_: Any) -> str:
     return _dumps(value, default).decode()
-
-
-_second: tuple[int, str] = (-1, "")
-
-
-def utc_timestamp(now: float | None = None) -> str:
-    """``now`` (default: now) as UTC ISO-8601 with microseconds, as structlog's TimeStamper.
-
-    The date and time of day are formatted once a second: job events come two
-    per job, and a datetime per event was a tenth of their cost.
-    """
-    global _second
-    if now is None:
-        now = time.time()
-    whole = int(now)
-    second, text = _second
-    if whole != second:
-        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-        _second = (whole, text)
-    # %-formatting: twice as fast as an f-string with int(); %d truncates as int() does.
-    return text + ".%06dZ" % ((now - whole) * 1_000_000)  # noqa: UP031
 
 
 def _stamp(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -327,10 +304,12 @@ class LineBuffer:
 
     Under dramatiq every write is a message through a pipe to the main process,
     which relays it: one write per 50 ms instead of two per job is what keeps
-    per-job events cheap. Job events are rendered here too, at flush time, by
-    the flush thread (``defer``), so a job thread only hands over its fields.
-    Flushed when ``max_lines`` wait, on worker shutdown and at exit; a SIGKILL
-    loses at most one interval of job events.
+    per-job events cheap. Job events wait here as records (lists, see
+    ``job_lines``) and are rendered at flush time, by a helper process when
+    one runs (``start_render_process``), else by the flush itself; other
+    events may wait as ``(render, item)`` (``defer``). Flushed when
+    ``max_lines`` wait, on worker shutdown and at exit; a SIGKILL loses at most
+    one interval of job events.
     """
 
     def __init__(
@@ -343,31 +322,39 @@ class LineBuffer:
         self.interval = interval
         self.max_lines = max_lines
         self.pid = os.getpid()  # its flush thread does not survive a fork
+        #: Renders this process's job records (here, or in the render process).
+        self.lines = JobLines(HOST, self.pid)
+        self.render_process: render_process.RenderProcess | None = None
         # A deque's append and popleft are atomic: job threads never take a lock here.
-        self._lines: collections.deque[str] = collections.deque()
+        self._lines: collections.deque[Any] = collections.deque()
         self._thread = threading.Thread(
             target=self._flush_often, name="jobkit-log-flush", daemon=True
         )
         self._thread.start()
-        atexit.register(self.flush_now)
+        atexit.register(self.close)
+
+    def start_render_process(self) -> None:
+        """Render job records in a helper process from now on (see ``render_process``)."""
+        if self.render_process is None:
+            self.render_process = render_process.start(self.lines, self._write_text)
 
     def write(self, text: str) -> None:
         # Lines wait as UTF-8; a lone surrogate (undecodable input) is written escaped.
-        self._lines.append(text.encode("utf-8", "backslashreplace"))
-        if len(self._lines) >= self.max_lines:
-            self.flush_now()
+        self.add(text.encode("utf-8", "backslashreplace"))
 
     def write_json(self, line: bytes) -> None:
         """One rendered JSON object (without its newline)."""
-        self._lines.append(line + b"\n")
+        self.add(line + b"\n")
+
+    def add(self, item: bytes | list[Any]) -> None:
+        """A rendered line (with its newline) or a job record, to write at the next flush."""
+        self._lines.append(item)
         if len(self._lines) >= self.max_lines:
             self.flush_now()
 
     def defer(self, render: Callable[[Any], bytes], item: Any) -> None:
         """A line to be made by ``render(item)`` when the buffer is flushed, in its turn."""
-        self._lines.append((render, item))
-        if len(self._lines) >= self.max_lines:
-            self.flush_now()
+        self.add((render, item))  # type: ignore[arg-type]
 
     def msg(self, line: bytes) -> None:
         """structlog's logger interface (as BytesLogger's): one rendered JSON line."""
@@ -379,20 +366,44 @@ class LineBuffer:
         """Called by structlog after every line: the timer flushes instead."""
 
     def flush_now(self) -> None:
-        # The handler's lock orders whole chunks between threads and with the
-        # handler's own lines.
-        with self.handler.lock or contextlib.nullcontext():
-            lines = self._lines
-            count = len(lines)
-            if not count:
-                return
-            popleft = lines.popleft
-            rendered: list[bytes] = []
-            keep = rendered.append
-            for _ in range(count):
-                item = popleft()
-                keep(item if type(item) is bytes else item[0](item[1]))
-            text = b"".join(rendered).decode("utf-8", "replace")
+        helper = self.render_process
+        # Batches leave in order: the helper's send lock, or the handler's (which also
+        # orders whole chunks with the handler's own lines).
+        with helper.send_lock if helper is not None else self.handler.lock or _NO_LOCK:
+            batch = self._take()
+            if batch and (helper is None or not helper.send(batch)):
+                self._write_text(self.lines.render_batch(batch))
+
+    def _take(self) -> list[Any]:
+        """What waits, in order: rendered lines and job records."""
+        lines = self._lines
+        popleft = lines.popleft
+        batch: list[Any] = []
+        keep = batch.append
+        for _ in range(len(lines)):
+            item = popleft()
+            keep(item[0](item[1]) if type(item) is tuple else item)
+        return batch
+
+    def wait_written(self, timeout: float = 5.0) -> None:
+        """Flush, and wait until the render process has written what it was sent."""
+        self.flush_now()
+        if self.render_process is not None:
+            self.render_process.wait(timeout)
+
+    def close(self) -> None:
+        """Flush, and stop the render process once it has written everything (at exit)."""
+        if self.pid != os.getpid():
+            return
+        self.flush_now()
+        helper, self.render_process = self.render_process, None
+        if helper is not None:
+            helper.close()
+
+    def _write_text(self, data: bytes) -> None:
+        """Rendered lines, decoded once, in chunks of whole lines."""
+        text = data.decode("utf-8", "replace")
+        with self.handler.lock or _NO_LOCK:
             start, end = 0, len(text)
             while end - start > CHUNK_CHARS:  # whole lines, up to a chunk per write
                 cut = text.rfind("\n", start, start + CHUNK_CHARS) + 1
@@ -416,15 +427,29 @@ class LineBuffer:
 
 #: Characters per write: under dramatiq, a pipe message of up to 16 KiB goes in one write.
 CHUNK_CHARS = 16_000
+_NO_LOCK = contextlib.nullcontext()
 
 
 _line_buffer: LineBuffer | None = None
 _NO_FIELDS: dict[str, Any] = {}
 
 
+def use_render_process(mode: str | None = None) -> None:
+    """In a worker process: JSON job events rendered by a helper process (``render_process``),
+    unless ``JOBKIT_LOG_RENDER=inline`` (the worker's log flush renders them)."""
+    mode = (mode or os.environ.get(RENDER_ENV) or "process").strip().lower()
+    if mode not in RENDER_MODES:
+        raise BrokerConfigError(
+            f"{RENDER_ENV}={mode!r} is not a render mode; use process or inline"
+        )
+    if mode == "process" and type(_job_events) is JsonJobEvents and _line_buffer is not None:
+        _line_buffer.start_render_process()
+
+
 def flush_job_events() -> None:
-    if _line_buffer is not None:
-        _line_buffer.flush_now()
+    """Write every job event handed over so far (rendered by the render process if one runs)."""
+    if _line_buffer is not None and _line_buffer.pid == os.getpid():
+        _line_buffer.wait_written()
 
 
 class JsonJobEvents:
@@ -432,27 +457,18 @@ class JsonJobEvents:
 
     A bound logger runs each call through its processor chain (level, time,
     exception, render): about 15 µs an event, and a no-op job has two. Job
-    events know their fields up front: the job thread hands them to the line
-    buffer with the time, and the buffer's flush builds the event dict and
-    serializes it as the chain's ``JSONRenderer`` would (orjson, same options),
-    many events in one go. An event with ``exc_info`` (``job.failed``) takes
-    the full chain, which formats the traceback.
+    events know their fields up front: the job thread hands the line buffer a
+    record (``job_lines``) or the fields with the time, and the buffer's flush
+    (or its render process) renders them as the chain's ``JSONRenderer`` would
+    (orjson, same options), many events in one go. An event with ``exc_info``
+    (``job.failed``) takes the full chain, which formats the traceback.
     """
 
     def __init__(self, sink: LineBuffer, level: int) -> None:
         self._sink = sink
         self._level = level
-        self._static = {"logger": "jobkit.jobs", "host": HOST, "pid": os.getpid()}
-        #: The static fields, rendered once: '{"logger":...,"pid":...,'.
-        self._prefix = _dumps(self._static)[:-1] + b","
-        self._render_event = self._render_line  # bound once
-        self._render_started = self._render_started  # bound once: one per job
-        self._render_succeeded = self._render_succeeded
-        #: Per (actor, queue, priority): the line templates of job.started and job.succeeded.
-        self._started: dict[tuple[Any, ...], bytes] = {}
-        self._succeeded: dict[tuple[Any, ...], bytes] = {}
-        self._second = -1
-        self._second_text = b""
+        self._lines = sink.lines
+        self._render_event = self._render_item  # bound once
         self._render = structlog.processors.JSONRenderer(_dumps)
         self._chain = structlog.wrap_logger(
             sink,
@@ -466,7 +482,7 @@ class JsonJobEvents:
             wrapper_class=structlog.make_filtering_bound_logger(level),
             context_class=dict,
             cache_logger_on_first_use=True,
-        ).bind(**self._static)
+        ).bind(**self._lines.static)
 
     def _emit(self, level: int, name: str, event: str, fields: dict[str, Any]) -> None:
         if level < self._level:
@@ -477,95 +493,41 @@ class JsonJobEvents:
         self._sink.defer(self._render_event, (name, event, fields, _NO_FIELDS, time.time()))
 
     def job_started(self, attempt: Attempt, args: Any) -> None:
-        """An attempt's start at INFO: handed over as is, rendered at the buffer's flush."""
+        """An attempt's start at INFO, handed over as a record."""
         if self._level <= logging.INFO:
-            self._sink.defer(self._render_started, (attempt, args))
+            self._sink.add(
+                [
+                    STARTED,
+                    attempt.message_id,
+                    attempt.actor,
+                    attempt.queue,
+                    attempt.priority,
+                    attempt.number,
+                    attempt.latency_ms,
+                    args,
+                    attempt.started_at,
+                ]
+            )
 
     def job_succeeded(self, attempt: Attempt) -> None:
-        """An attempt's success at INFO (after ``attempt.finish()``), rendered at the flush."""
+        """An attempt's success at INFO (after ``attempt.finish()``), handed over as a record."""
         if self._level <= logging.INFO:
-            self._sink.defer(self._render_succeeded, attempt)
-
-    def _render_started(self, item: tuple[Attempt, Any]) -> bytes:
-        attempt, args = item
-        now = attempt.started_at
-        whole = int(now)
-        if whole != self._second:
-            self._new_second(whole)
-        try:
-            try:
-                args_json = orjson.dumps(args)
-            except TypeError:  # a value orjson cannot take, or a non-string key
-                args_json = _dumps(args, repr)
-            key = (attempt.actor, attempt.queue, attempt.priority)
-            template = self._started.get(key) or self._template(self._started, "job.started", key)
-            return template % (
-                orjson.dumps(attempt.message_id),
-                attempt.number,
-                attempt.latency_ms,
-                args_json,
-                self._second_text,
-                (now - whole) * 1_000_000,
+            duration_s = attempt.duration_s
+            self._sink.add(
+                [
+                    SUCCEEDED,
+                    attempt.message_id,
+                    attempt.actor,
+                    attempt.queue,
+                    attempt.priority,
+                    attempt.number,
+                    duration_s,
+                    attempt.started_at + duration_s,  # type: ignore[operator] - by finish()
+                ]
             )
-        except TypeError:  # fields of unusual types: the general renderer
-            extra = {"queue_latency_ms": attempt.latency_ms, "args": args}
-            return self._render_line(("info", "job.started", attempt.fields, extra, now))
 
-    def _render_succeeded(self, attempt: Attempt) -> bytes:
-        duration_s = attempt.duration_s
-        now = attempt.started_at + duration_s  # type: ignore[operator] - set by finish()
-        whole = int(now)
-        if whole != self._second:
-            self._new_second(whole)
-        try:
-            key = (attempt.actor, attempt.queue, attempt.priority)
-            template = self._succeeded.get(key) or self._template(
-                self._succeeded, "job.succeeded", key
-            )
-            return template % (
-                orjson.dumps(attempt.message_id),
-                attempt.number,
-                duration_s * 1000,  # type: ignore[operator]
-                self._second_text,
-                (now - whole) * 1_000_000,
-            )
-        except TypeError:
-            extra = {"duration_ms": _ms(duration_s)}
-            return self._render_line(("info", "job.succeeded", attempt.fields, extra, now))
-
-    #: What follows a job event's fixed part: its per-attempt values and time.
-    _TAILS = {
-        "job.started": b'"message_id":%s,"attempt":%d,"queue_latency_ms":%d,"args":%s,'
-        b'"ts":"%s.%06dZ"}\n',
-        "job.succeeded": b'"message_id":%s,"attempt":%d,"duration_ms":%.2f,"ts":"%s.%06dZ"}\n',
-    }
-
-    def _template(
-        self, cache: dict[tuple[Any, ...], bytes], event: str, key: tuple[Any, Any, Any]
-    ) -> bytes:
-        """The line of ``event`` for one (actor, queue, priority), ready for %-formatting:
-        its fixed fields rendered once per such trio, not twice per job."""
-        if len(cache) >= 4096:  # actors or priorities made up per message
-            cache.clear()
-        fixed = {**self._static, "actor": key[0], "queue": key[1], "priority": key[2]}
-        fixed.update(event=event, level="info")
-        head = _dumps(fixed, repr)[:-1].replace(b"%", b"%%")
-        template = cache[key] = head + b"," + self._TAILS[event]
-        return template
-
-    def _new_second(self, whole: int) -> None:
-        self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)).encode()
-        self._second = whole
-
-    def _render_line(self, item: tuple[str, str, dict[str, Any], dict[str, Any], float]) -> bytes:
-        """Any event without a traceback: its fields and ``extra`` merged, orjson."""
-        name, event, fields, extra, now = item
-        record = {**fields, **extra, "event": event, "level": name, "ts": utc_timestamp(now)}
-        try:
-            body = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-        except TypeError:  # a value orjson cannot take, or a non-string key
-            body = _dumps(record, repr) + b"\n"  # repr: as structlog's fallback
-        return self._prefix + body[1:]
+    def _render_item(self, item: tuple[str, str, dict[str, Any], dict[str, Any], float]) -> bytes:
+        return self._lines.render_event(*item)
 
     def info(self, event: str, **fields: Any) -> None:
         self._emit(logging.INFO, "info", event, fields)
@@ -592,8 +554,8 @@ def _set_job_events(root: logging.Logger, fmt: str) -> None:
         return
     stale = _line_buffer is None or _line_buffer.handler is not handler
     if stale or _line_buffer.pid != os.getpid():  # type: ignore[union-attr]
-        if _line_buffer is not None and _line_buffer.pid == os.getpid():
-            flush_job_events()
+        if _line_buffer is not None:
+            _line_buffer.close()
         _line_buffer = LineBuffer(handler)
     if fmt == "json":
         _job_events = JsonJobEvents(_line_buffer, root.getEffectiveLevel())
@@ -636,6 +598,7 @@ class JobLogging(Middleware):
         # logs. A Worker run inside some other program leaves that program's logging alone.
         if multiprocessing.parent_process() is not None:
             configure_logging()
+            use_render_process()
 
     @property
     def log(self) -> Any:
