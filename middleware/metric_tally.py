@@ -44,8 +44,10 @@ class Tally:
         self.job_children = job_children
         self.job_bounds = job_bounds
         self._lock = threading.Lock()
-        #: (attempt, succeeded) per attempt finished since the last flush.
-        self._finished: collections.deque[tuple[Attempt, bool]] = collections.deque()
+        #: (actor, queue, succeeded, queue latency ms, duration s) per attempt finished
+        #: since the last flush: plain values, so the garbage collector need not follow
+        #: them (an attempt would keep its whole message alive for up to a second).
+        self._finished: collections.deque[tuple[str, str, bool, int, float]] = collections.deque()
         self._increments: defaultdict[Any, float] = defaultdict(float)
         #: histogram child -> [sum of observations, count per bucket...]
         self._histograms: dict[Any, list[float]] = {}
@@ -69,7 +71,10 @@ class Tally:
     def job(self, attempt: Attempt, succeeded: bool) -> None:
         """One finished attempt (``finish()`` called): its outcome, queue latency and
         duration are summed at the next flush."""
-        self._finished.append((attempt, succeeded))  # atomic: no lock
+        # atomic: no lock
+        self._finished.append(
+            (attempt.actor, attempt.queue, succeeded, attempt.latency_ms, attempt.duration_s)
+        )
 
     def _sum_finished(self) -> dict[Any, list[float]]:
         """(actor, queue) -> [succeeded, failed, latency sum, duration sum, latency buckets...,
@@ -79,9 +84,9 @@ class Tally:
         jobs: dict[Any, list[float]] = {}
         finished = self._finished
         for _ in range(len(finished)):
-            attempt, succeeded = finished.popleft()
-            key = attempt.actor, attempt.queue
-            latency_s, duration_s = attempt.latency_ms / 1000, attempt.duration_s
+            actor, queue, succeeded, latency_ms, duration_s = finished.popleft()
+            key = actor, queue
+            latency_s = latency_ms / 1000
             stats = jobs.get(key)
             if stats is None:
                 stats = jobs[key] = [0.0] * (4 + 2 * n)
