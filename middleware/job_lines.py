@@ -1,18 +1,12 @@
 """Job events as JSON lines: compact records in, one line each out.
 
-A worker hands over ``job.started`` and ``job.succeeded`` as records (plain
-tuples, see ``STARTED`` and ``SUCCEEDED``); :class:`JobLines` turns them into
-the same JSON as every other log line. It runs in the worker's log flush, or,
-under ``dramatiq``, in a helper process (``render_process``), which runs this
-file as a script: it imports only the standard library and orjson.
+A worker thread hands ``job.started`` and ``job.succeeded`` to the log buffer
+as records (lists, see ``STARTED`` and ``SUCCEEDED``); the buffer's flush turns
+them into the same JSON as every other log line with :class:`JobLines`.
 """
 
 from __future__ import annotations
 
-import marshal
-import signal
-import struct
-import sys
 import time
 from typing import Any
 
@@ -22,9 +16,6 @@ import orjson
 STARTED = 1
 #: (SUCCEEDED, message_id, actor, queue, priority, attempt, duration_s, finished_at)
 SUCCEEDED = 2
-
-#: A frame between a worker and its helper: payload length and batch number, then the payload.
-FRAME_HEADER = struct.Struct(">II")
 
 
 def dumps(value: Any, default: Any = None, **_: Any) -> bytes:
@@ -168,31 +159,3 @@ def _fields(record: tuple[Any, ...]) -> dict[str, Any]:
         "priority": priority,
         "attempt": attempt,
     }
-
-
-def serve(host: str, pid: int) -> None:
-    """The helper process: batches in on stdin, their lines out on stdout, until stdin ends.
-
-    Interrupts and terminations go to the worker, which flushes through this
-    process as it shuts down and then closes its stdin.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    lines = JobLines(host, pid)
-    read, out = sys.stdin.buffer.read, sys.stdout.buffer
-    while True:
-        header = read(FRAME_HEADER.size)
-        if len(header) < FRAME_HEADER.size:
-            return
-        length, batch_number = FRAME_HEADER.unpack(header)
-        payload = read(length)
-        if len(payload) < length:
-            return
-        text = lines.render_batch(marshal.loads(payload))
-        out.write(FRAME_HEADER.pack(len(text), batch_number))
-        out.write(text)
-        out.flush()
-
-
-if __name__ == "__main__":
-    serve(sys.argv[1], int(sys.argv[2]))

@@ -35,7 +35,7 @@ from dramatiq import Broker, Message, Middleware
 
 from brokers.errors import BrokerConfigError
 
-from . import outcomes, render_process
+from . import outcomes
 from .dead_letters import dead_letter_of
 from .deliveries import ATTEMPTS, Attempt, unwrap
 from .job_lines import STARTED, SUCCEEDED, JobLines, utc_timestamp
@@ -45,8 +45,6 @@ from .redaction import Redactor, escape_control
 FORMAT_ENV = "JOBKIT_LOG_FORMAT"
 LEVEL_ENV = "JOBKIT_LOG_LEVEL"
 FORMATS = ("json", "console")
-RENDER_ENV = "JOBKIT_LOG_RENDER"
-RENDER_MODES = ("process", "inline")
 MAX_FIELD = 16_384
 HOST = socket.gethostname()
 
@@ -305,11 +303,10 @@ class LineBuffer:
     Under dramatiq every write is a message through a pipe to the main process,
     which relays it: one write per 50 ms instead of two per job is what keeps
     per-job events cheap. Job events wait here as records (lists, see
-    ``job_lines``) and are rendered at flush time, by a helper process when
-    one runs (``start_render_process``), else by the flush itself; other
-    events may wait as ``(render, item)`` (``defer``). Flushed when
-    ``max_lines`` wait, on worker shutdown and at exit; a SIGKILL loses at most
-    one interval of job events.
+    ``job_lines``) and are rendered at flush time, by the flush thread, so a
+    job thread only hands over its values; other events may wait as
+    ``(render, item)`` (``defer``). Flushed when ``max_lines`` wait, on worker
+    shutdown and at exit; a SIGKILL loses at most one interval of job events.
     """
 
     def __init__(
@@ -322,21 +319,15 @@ class LineBuffer:
         self.interval = interval
         self.max_lines = max_lines
         self.pid = os.getpid()  # its flush thread does not survive a fork
-        #: Renders this process's job records (here, or in the render process).
+        #: Renders this process's job records.
         self.lines = JobLines(HOST, self.pid)
-        self.render_process: render_process.RenderProcess | None = None
         # A deque's append and popleft are atomic: job threads never take a lock here.
         self._lines: collections.deque[Any] = collections.deque()
         self._thread = threading.Thread(
             target=self._flush_often, name="jobkit-log-flush", daemon=True
         )
         self._thread.start()
-        atexit.register(self.close)
-
-    def start_render_process(self) -> None:
-        """Render job records in a helper process from now on (see ``render_process``)."""
-        if self.render_process is None:
-            self.render_process = render_process.start(self.lines, self._write_text)
+        atexit.register(self.flush_now)
 
     def write(self, text: str) -> None:
         # Lines wait as UTF-8; a lone surrogate (undecodable input) is written escaped.
@@ -366,12 +357,11 @@ class LineBuffer:
         """Called by structlog after every line: the timer flushes instead."""
 
     def flush_now(self) -> None:
-        helper = self.render_process
-        # Batches leave in order: the helper's send lock, or the handler's (which also
-        # orders whole chunks with the handler's own lines).
-        with helper.send_lock if helper is not None else self.handler.lock or _NO_LOCK:
+        # The handler's lock orders whole chunks between threads and with the
+        # handler's own lines.
+        with self.handler.lock or _NO_LOCK:
             batch = self._take()
-            if batch and (helper is None or not helper.send(batch)):
+            if batch:
                 self._write_text(self.lines.render_batch(batch))
 
     def _take(self) -> list[Any]:
@@ -384,21 +374,6 @@ class LineBuffer:
             item = popleft()
             keep(item[0](item[1]) if type(item) is tuple else item)
         return batch
-
-    def wait_written(self, timeout: float = 5.0) -> None:
-        """Flush, and wait until the render process has written what it was sent."""
-        self.flush_now()
-        if self.render_process is not None:
-            self.render_process.wait(timeout)
-
-    def close(self) -> None:
-        """Flush, and stop the render process once it has written everything (at exit)."""
-        if self.pid != os.getpid():
-            return
-        self.flush_now()
-        helper, self.render_process = self.render_process, None
-        if helper is not None:
-            helper.close()
 
     def _write_text(self, data: bytes) -> None:
         """Rendered lines, decoded once, in chunks of whole lines."""
@@ -434,22 +409,9 @@ _line_buffer: LineBuffer | None = None
 _NO_FIELDS: dict[str, Any] = {}
 
 
-def use_render_process(mode: str | None = None) -> None:
-    """In a worker process: JSON job events rendered by a helper process (``render_process``),
-    unless ``JOBKIT_LOG_RENDER=inline`` (the worker's log flush renders them)."""
-    mode = (mode or os.environ.get(RENDER_ENV) or "process").strip().lower()
-    if mode not in RENDER_MODES:
-        raise BrokerConfigError(
-            f"{RENDER_ENV}={mode!r} is not a render mode; use process or inline"
-        )
-    if mode == "process" and type(_job_events) is JsonJobEvents and _line_buffer is not None:
-        _line_buffer.start_render_process()
-
-
 def flush_job_events() -> None:
-    """Write every job event handed over so far (rendered by the render process if one runs)."""
     if _line_buffer is not None and _line_buffer.pid == os.getpid():
-        _line_buffer.wait_written()
+        _line_buffer.flush_now()
 
 
 class JsonJobEvents:
@@ -554,8 +516,8 @@ def _set_job_events(root: logging.Logger, fmt: str) -> None:
         return
     stale = _line_buffer is None or _line_buffer.handler is not handler
     if stale or _line_buffer.pid != os.getpid():  # type: ignore[union-attr]
-        if _line_buffer is not None:
-            _line_buffer.close()
+        if _line_buffer is not None and _line_buffer.pid == os.getpid():
+            flush_job_events()
         _line_buffer = LineBuffer(handler)
     if fmt == "json":
         _job_events = JsonJobEvents(_line_buffer, root.getEffectiveLevel())
@@ -598,7 +560,6 @@ class JobLogging(Middleware):
         # logs. A Worker run inside some other program leaves that program's logging alone.
         if multiprocessing.parent_process() is not None:
             configure_logging()
-            use_render_process()
 
     @property
     def log(self) -> Any:

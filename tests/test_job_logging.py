@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import re
-import signal
 import threading
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -174,6 +173,7 @@ def test_job_events_come_out_once_each_in_the_order_they_were_handed_over() -> N
     running, quick, slow = _attempt(), _attempt(), _attempt()
     for attempt in (running, quick, slow):
         events.job_started(attempt, {})
+    sink.write_json(b'{"message_id":null,"event":"rendered at once"}')
     quick.finish()
     events.job_succeeded(quick)
     slow.finish()
@@ -186,6 +186,7 @@ def test_job_events_come_out_once_each_in_the_order_they_were_handed_over() -> N
         (running.message_id, "job.started"),
         (quick.message_id, "job.started"),
         (slow.message_id, "job.started"),
+        (None, "rendered at once"),
         (quick.message_id, "job.succeeded"),
         (slow.message_id, "job.succeeded"),
     ]
@@ -235,84 +236,6 @@ def test_an_attempt_is_timed_once_for_logs_and_metrics_and_forgotten_at_its_ack(
     assert ATTEMPTS.begin(again) is not attempt
     assert ATTEMPTS.end(again) is not None
     assert all(running.delivery is not again for running in ATTEMPTS.running())
-
-
-def _handed_over(events: JsonJobEvents, jobs: int, kill_helper_at: int | None = None) -> None:
-    """``jobs`` jobs' start and success records, plus a line rendered at once every 100 jobs."""
-    sink = events._sink
-    for n in range(jobs):
-        attempt = _attempt(message_id=f"m{n:05d}")
-        attempt.started_at, attempt.latency_ms = 1764525600.25 + n, 5
-        events.job_started(attempt, {"n": n})
-        attempt.duration_s = 0.5
-        events.job_succeeded(attempt)
-        if n % 100 == 0:
-            sink.write_json(b'{"event":"marker","n":%d}' % n)
-        if n == kill_helper_at:
-            os.kill(sink.render_process.pid, signal.SIGKILL)
-
-
-def test_the_render_process_writes_the_lines_the_worker_would_in_the_same_order() -> None:
-    inline_handler, _, inline = _json_events()
-    _handed_over(inline, 3000)
-    inline._sink.flush_now()
-    handler, sink, events = _json_events()
-    sink.start_render_process()
-    try:
-        _handed_over(events, 3000)
-        sink.wait_written()
-        assert sink.render_process.alive  # it did the rendering
-    finally:
-        sink.close()
-    assert handler.stream.getvalue() == inline_handler.stream.getvalue()
-    assert len(handler.stream.getvalue().splitlines()) == 6030
-
-
-def test_a_render_process_that_dies_loses_no_job_event_and_repeats_none(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    handler, sink, events = _json_events()
-    sink.interval = 0.01  # batches in flight when it dies
-    sink.start_render_process()
-    try:
-        _handed_over(events, 6000, kill_helper_at=3000)
-        sink.wait_written()
-        assert not sink.render_process.alive
-    finally:
-        sink.close()
-    lines = [json.loads(line) for line in handler.stream.getvalue().splitlines()]
-    started = [line["message_id"] for line in lines if line["event"] == "job.started"]
-    succeeded = [line["message_id"] for line in lines if line["event"] == "job.succeeded"]
-    assert started == succeeded == [f"m{n:05d}" for n in range(6000)]  # once each, in order
-    assert [line["n"] for line in lines if line["event"] == "marker"] == list(range(0, 6000, 100))
-    gone = [r.getMessage() for r in caplog.records if "render process" in r.getMessage()]
-    assert len(gone) == 1 and "exit code -9" in gone[0]
-
-
-def test_a_batch_marshal_cannot_carry_is_rendered_in_the_worker_and_keeps_its_place() -> None:
-    handler, sink, events = _json_events()
-    sink.start_render_process()
-    try:
-        first, odd, last = _attempt(), _attempt(), _attempt()
-        events.job_started(first, {})
-        sink.flush_now()
-        events.job_started(odd, {"n": {1: object()}})  # marshal cannot take an object()
-        events.job_started(last, {})
-        sink.wait_written()
-        assert sink.render_process.alive
-    finally:
-        sink.close()
-    lines = [json.loads(line) for line in handler.stream.getvalue().splitlines()]
-    assert [line["message_id"] for line in lines] == [a.message_id for a in (first, odd, last)]
-    assert lines[1]["args"]["n"]["1"].startswith("<object object")
-
-
-def test_an_unknown_render_mode_is_a_clear_error(own_logging: None) -> None:
-    from brokers.errors import BrokerConfigError
-    from middleware.job_logging import use_render_process
-
-    with pytest.raises(BrokerConfigError, match="JOBKIT_LOG_RENDER='thread' is not a render"):
-        use_render_process("thread")
 
 
 def test_a_threads_unfinished_line_waits_for_its_newline() -> None:
@@ -424,40 +347,6 @@ def test_long_prints_from_many_threads_neither_hang_the_worker_nor_break_lines(
     assert sorted(printed) == list(range(200))
     assert sorted(written) == list(range(200))
     assert sum(e["event"] == "job.succeeded" for e in events) == 200
-
-
-def _render_helpers(group: int) -> list[tuple[int, int]]:
-    """(pid, parent pid) of the render processes in process group ``group``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and b"job_lines.py" in (entry / "cmdline").read_bytes():
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if int(fields[2]) == group and fields[0] != "Z":
-                    found.append((int(entry.name), int(fields[1])))
-        except OSError:
-            continue
-    return found
-
-
-@pytest.mark.parametrize("end", ["worker stopped", "worker killed"])
-def test_a_workers_render_process_ends_with_it(end: str, tmp_path: Path) -> None:
-    from brokers.processes import pid_alive
-
-    env = child_env(url_for("redis"), JOBKIT_LOG_FORMAT="json", **env_for("redis"))
-    args = ("tests.support.logged_worker", "-p", "1", "-t", "1", "-Q", "jobkit-test-idle")
-    workers = start_dramatiq(*args, env=env, log=tmp_path / "worker.out")
-    try:
-        assert wait_until(lambda: _render_helpers(workers.pid), timeout=60, interval=0.2)
-        [(helper, worker)] = _render_helpers(workers.pid)
-        if end == "worker killed":
-            os.kill(worker, signal.SIGKILL)  # its helper sees its stdin end
-        else:
-            workers.send_signal(signal.SIGTERM)  # dramatiq stops its worker gracefully
-        assert wait_until(lambda: not pid_alive(helper), timeout=15, interval=0.1)
-    finally:
-        stop_process_group(workers)
-    assert not _render_helpers(workers.pid)
 
 
 def _run_and_check(
