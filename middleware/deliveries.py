@@ -98,6 +98,7 @@ class Attempt:
         "queue",
         "priority",
         "number",
+        "key",
         "started",
         "started_at",
         "latency_ms",
@@ -111,11 +112,13 @@ class Attempt:
         self.delivery = delivery
         self.message = message = unwrap(delivery)
         options = message.options
-        self.message_id = message.message_id
-        self.actor = message.actor_name
-        self.queue = message.queue_name
-        self.priority = options.get("priority", "normal")
-        self.number = options.get("retries", 0) + 1
+        self.message_id = message_id = message.message_id
+        self.actor = actor = message.actor_name
+        self.queue = queue = message.queue_name
+        self.priority = priority = options.get("priority", "normal")
+        self.number = number = options.get("retries", 0) + 1
+        #: (message_id, actor, queue, priority, attempt): what every job event of it repeats.
+        self.key = (message_id, actor, queue, priority, number)
         self.started = monotonic()
         self.started_at = now = time()
         self.latency_ms = queue_latency_ms(message, now * 1000)

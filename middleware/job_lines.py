@@ -12,10 +12,11 @@ from typing import Any
 
 import orjson
 
-#: (STARTED, message_id, actor, queue, priority, attempt, queue_latency_ms, args, started_at)
+#: [STARTED, key, queue_latency_ms, args, started_at]
 STARTED = 1
-#: (SUCCEEDED, message_id, actor, queue, priority, attempt, duration_s, finished_at)
+#: [SUCCEEDED, key, duration_s, finished_at]
 SUCCEEDED = 2
+# key: (message_id, actor, queue, priority, attempt), one tuple per attempt.
 
 
 def dumps(value: Any, default: Any = None, **_: Any) -> bytes:
@@ -71,7 +72,8 @@ class JobLines:
         return self._render_succeeded(record)
 
     def _render_started(self, record: tuple[Any, ...]) -> bytes:
-        _, message_id, actor, queue, priority, attempt, latency_ms, args, now = record
+        _, key, latency_ms, args, now = record
+        message_id, actor, queue, priority, attempt = key
         whole = int(now)
         if whole != self._second:
             self._new_second(whole)
@@ -80,8 +82,10 @@ class JobLines:
                 args_json = orjson.dumps(args)
             except TypeError:  # a value orjson cannot take, or a non-string key
                 args_json = dumps(args, repr)
-            key = (actor, queue, priority)
-            template = self._started.get(key) or self._template(self._started, "job.started", key)
+            fixed = (actor, queue, priority)
+            template = self._started.get(fixed) or self._template(
+                self._started, "job.started", fixed
+            )
             return template % (
                 orjson.dumps(message_id),
                 attempt,
@@ -91,19 +95,19 @@ class JobLines:
                 (now - whole) * 1_000_000,
             )
         except TypeError:  # fields of unusual types: the general renderer
-            fields = _fields(record)
             extra = {"queue_latency_ms": latency_ms, "args": args}
-            return self.render_event("info", "job.started", fields, extra, now)
+            return self.render_event("info", "job.started", _fields(key), extra, now)
 
     def _render_succeeded(self, record: tuple[Any, ...]) -> bytes:
-        _, message_id, actor, queue, priority, attempt, duration_s, now = record
+        _, key, duration_s, now = record
+        message_id, actor, queue, priority, attempt = key
         whole = int(now)
         if whole != self._second:
             self._new_second(whole)
         try:
-            key = (actor, queue, priority)
-            template = self._succeeded.get(key) or self._template(
-                self._succeeded, "job.succeeded", key
+            fixed = (actor, queue, priority)
+            template = self._succeeded.get(fixed) or self._template(
+                self._succeeded, "job.succeeded", fixed
             )
             return template % (
                 orjson.dumps(message_id),
@@ -114,7 +118,7 @@ class JobLines:
             )
         except TypeError:
             extra = {"duration_ms": round(duration_s * 1000, 2)}
-            return self.render_event("info", "job.succeeded", _fields(record), extra, now)
+            return self.render_event("info", "job.succeeded", _fields(key), extra, now)
 
     def _template(
         self, cache: dict[tuple[Any, ...], bytes], event: str, key: tuple[Any, Any, Any]
@@ -150,8 +154,8 @@ class JobLines:
         return b"".join([item if type(item) is bytes else render(item) for item in batch])
 
 
-def _fields(record: tuple[Any, ...]) -> dict[str, Any]:
-    _, message_id, actor, queue, priority, attempt = record[:6]
+def _fields(key: tuple[Any, ...]) -> dict[str, Any]:
+    message_id, actor, queue, priority, attempt = key
     return {
         "message_id": message_id,
         "actor": actor,

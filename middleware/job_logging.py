@@ -407,6 +407,8 @@ _NO_LOCK = contextlib.nullcontext()
 
 _line_buffer: LineBuffer | None = None
 _NO_FIELDS: dict[str, Any] = {}
+#: A job without arguments: one shared dict, only ever read.
+_NO_ARGUMENTS: dict[str, Any] = {}
 
 
 def flush_job_events() -> None:
@@ -457,36 +459,14 @@ class JsonJobEvents:
     def job_started(self, attempt: Attempt, args: Any) -> None:
         """An attempt's start at INFO, handed over as a record."""
         if self._level <= logging.INFO:
-            self._sink.add(
-                [
-                    STARTED,
-                    attempt.message_id,
-                    attempt.actor,
-                    attempt.queue,
-                    attempt.priority,
-                    attempt.number,
-                    attempt.latency_ms,
-                    args,
-                    attempt.started_at,
-                ]
-            )
+            self._sink.add([STARTED, attempt.key, attempt.latency_ms, args, attempt.started_at])
 
     def job_succeeded(self, attempt: Attempt) -> None:
         """An attempt's success at INFO (after ``attempt.finish()``), handed over as a record."""
         if self._level <= logging.INFO:
             duration_s = attempt.duration_s
-            self._sink.add(
-                [
-                    SUCCEEDED,
-                    attempt.message_id,
-                    attempt.actor,
-                    attempt.queue,
-                    attempt.priority,
-                    attempt.number,
-                    duration_s,
-                    attempt.started_at + duration_s,  # type: ignore[operator] - by finish()
-                ]
-            )
+            finished_at = attempt.started_at + duration_s  # type: ignore[operator] - by finish()
+            self._sink.add([SUCCEEDED, attempt.key, duration_s, finished_at])
 
     def _render_item(self, item: tuple[str, str, dict[str, Any], dict[str, Any], float]) -> bytes:
         return self._lines.render_event(*item)
@@ -620,7 +600,7 @@ class JobLogging(Middleware):
                 self.redactor.arguments(actor.fn, tuple(args), dict(kwargs)) if actor else None
             )
         else:
-            arguments = {} if attempt.actor in broker.actors else None
+            arguments = _NO_ARGUMENTS if attempt.actor in broker.actors else None
         events = _job_events
         if type(events) is JsonJobEvents:  # straight into the JSON line buffer
             events.job_started(attempt, arguments)
