@@ -376,18 +376,17 @@ class LineBuffer:
         return batch
 
     def _write_text(self, data: bytes) -> None:
-        """Rendered lines, decoded once, in chunks of whole lines."""
+        """Rendered lines, decoded once, in chunks of whole lines (under the handler's lock)."""
         text = data.decode("utf-8", "replace")
-        with self.handler.lock or _NO_LOCK:
-            start, end = 0, len(text)
-            while end - start > CHUNK_CHARS:  # whole lines, up to a chunk per write
-                cut = text.rfind("\n", start, start + CHUNK_CHARS) + 1
-                if cut <= start:  # one line longer than a chunk: it goes whole
-                    cut = text.find("\n", start + CHUNK_CHARS) + 1 or end
-                self._write(text[start:cut])
-                start = cut
-            if start < end:
-                self._write(text[start:])
+        start, end = 0, len(text)
+        while end - start > CHUNK_CHARS:  # whole lines, up to a chunk per write
+            cut = text.rfind("\n", start, start + CHUNK_CHARS) + 1
+            if cut <= start:  # one line longer than a chunk: it goes whole
+                cut = text.find("\n", start + CHUNK_CHARS) + 1 or end
+            self._write(text[start:cut])
+            start = cut
+        if start < end:
+            self._write(text[start:])
 
     def _write(self, text: str) -> None:
         with contextlib.suppress(OSError, ValueError):  # a stream closed at exit
