@@ -100,11 +100,11 @@ def test_a_job_that_kills_its_worker_is_dead_lettered_after_three_crashes(
         **env_for(system_broker_kind),
     )
     message = declare_suicidal(system_broker).send(1)
-    declare_blocking(system_broker).send(2)  # an innocent job behind it still runs
+    innocent = declare_blocking(system_broker).send(2)  # a job behind it still runs
     store = dead_letter_store(system_broker)
 
     def settled() -> bool:
-        return store.count() == 1 and len(_ends(log_path)) == 1
+        return store.count() == 1 and len(_ends(log_path)) >= 1
 
     for run in range(8):  # a supervisor restarting the worker group; bounded
         group = start_workers(env, tmp_path / f"worker-{run}.log", 1)
@@ -117,13 +117,16 @@ def test_a_job_that_kills_its_worker_is_dead_lettered_after_three_crashes(
                 break
         finally:
             stop_group(group, timeout=5)
-    assert len(_ends(log_path)) == 1, [p.read_text()[-500:] for p in tmp_path.glob("worker-*")]
+    # At least once: the innocent job may end twice, if a crash beat its ack (it shares the
+    # worker process with the suicidal job).
+    assert _ends(log_path), [p.read_text()[-500:] for p in tmp_path.glob("worker-*")]
     record = store.get(message.message_id)
     assert record is not None, [p.read_text()[-500:] for p in tmp_path.glob("worker-*.log")]
     assert record["reason"] == "crash_loop" and record["exc_type"] == "CrashLoop"
     starts = [e for e in _starts(log_path) if e["actor"] == "suicidal"]
     assert len(starts) == 3  # three crashes, then dead-lettered without running
-    assert [e["args"] for e in _ends(log_path)] == [[2]]
+    assert {tuple(e["args"]) for e in _ends(log_path)} == {(2,)}
+    assert store.get(innocent.message_id) is None
 
 
 def test_at_maxmemory_a_send_fails_clearly_and_nothing_accepted_is_lost(home: Path) -> None:
