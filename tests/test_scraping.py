@@ -450,9 +450,10 @@ def test_pages_of_one_host_are_spaced_by_its_rate_limit_and_other_hosts_are_not_
     (other,) = [hit.at for hit in site.requests_for("/page", "localhost")]
     assert len(paced) == 3
     gaps = [later - earlier for earlier, later in zip(paced, paced[1:], strict=False)]
-    # Slots are 250 ms apart; a job that comes back late in its slot leaves less of a gap
-    # before the next slot (the limiter keeps the schedule, not the gaps), hence the slack.
-    assert paced[-1] - paced[0] >= 0.45 and min(gaps) >= 0.15, gaps
+    # Slots are 250 ms apart: three pages span at least two. A job that comes back late in
+    # its slot leaves less of a gap before the next one (the limiter keeps the schedule, not
+    # the gaps; 176 ms late on a loaded run), so the gaps only rule out two pages at once.
+    assert paced[-1] - paced[0] >= 0.45 and min(gaps) >= 0.05, gaps
     # Sharing 127.0.0.1's limit, it would have had the slot after the third (750 ms).
     assert other < paced[-1], "the localhost page waited for 127.0.0.1's slots"
     assert dead_letter_store(system_broker).count() == 0
