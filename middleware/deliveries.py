@@ -82,6 +82,15 @@ def queue_latency_ms(message: Message, now_ms: float) -> int:
     return int(latency) if latency > 0 else 0
 
 
+#: The fields every job log line carries, in the order of ``Attempt.key``.
+JOB_FIELDS = ("message_id", "actor", "queue", "priority", "attempt")
+
+
+def job_fields(key: tuple[Any, ...]) -> dict[str, Any]:
+    """A job's log fields from its key: (message_id, actor, queue, priority, attempt)."""
+    return dict(zip(JOB_FIELDS, key, strict=True))
+
+
 class Attempt:
     """One attempt at a message in a worker thread, timed once for every middleware reading it.
 
@@ -131,13 +140,7 @@ class Attempt:
         """The job's log fields: message_id, actor, queue, priority, attempt."""
         fields = self._fields
         if fields is None:
-            fields = self._fields = {
-                "message_id": self.message_id,
-                "actor": self.actor,
-                "queue": self.queue,
-                "priority": self.priority,
-                "attempt": self.number,
-            }
+            fields = self._fields = job_fields(self.key)
         return fields
 
     @property

@@ -8,9 +8,12 @@ them into the same JSON as every other log line with :class:`JobLines`.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
+
+from .deliveries import job_fields
 
 #: [STARTED, key, queue_latency_ms, args, started_at]
 STARTED = 1
@@ -65,60 +68,50 @@ class JobLines:
         self._second = -1
         self._second_text = b""
 
-    def render(self, record: tuple[Any, ...]) -> bytes:
+    def render(self, record: Sequence[Any]) -> bytes:
         """One record as one JSON line (with its newline)."""
         if record[0] == STARTED:
-            return self._render_started(record)
-        return self._render_succeeded(record)
-
-    def _render_started(self, record: tuple[Any, ...]) -> bytes:
-        _, key, latency_ms, args, now = record
-        message_id, actor, queue, priority, attempt = key
-        whole = int(now)
-        if whole != self._second:
-            self._new_second(whole)
-        try:
+            _, key, latency_ms, args, now = record
             try:
-                args_json = orjson.dumps(args)
-            except TypeError:  # a value orjson cannot take, or a non-string key
-                args_json = dumps(args, repr)
-            fixed = (actor, queue, priority)
-            template = self._started.get(fixed) or self._template(
-                self._started, "job.started", fixed
-            )
-            return template % (
-                orjson.dumps(message_id),
-                attempt,
-                latency_ms,
-                args_json,
-                self._second_text,
-                (now - whole) * 1_000_000,
-            )
-        except TypeError:  # fields of unusual types: the general renderer
-            extra = {"queue_latency_ms": latency_ms, "args": args}
-            return self.render_event("info", "job.started", _fields(key), extra, now)
-
-    def _render_succeeded(self, record: tuple[Any, ...]) -> bytes:
+                try:
+                    args_json = orjson.dumps(args)
+                except TypeError:  # a value orjson cannot take, or a non-string key
+                    args_json = dumps(args, repr)
+                return self._fill(self._started, "job.started", key, now, (latency_ms, args_json))
+            except TypeError:  # fields of unusual types: the general renderer
+                extra = {"queue_latency_ms": latency_ms, "args": args}
+                return self.render_event("info", "job.started", job_fields(key), extra, now)
         _, key, duration_s, now = record
-        message_id, actor, queue, priority, attempt = key
-        whole = int(now)
-        if whole != self._second:
-            self._new_second(whole)
         try:
-            fixed = (actor, queue, priority)
-            template = self._succeeded.get(fixed) or self._template(
-                self._succeeded, "job.succeeded", fixed
-            )
-            return template % (
-                orjson.dumps(message_id),
-                attempt,
-                duration_s * 1000,
-                self._second_text,
-                (now - whole) * 1_000_000,
-            )
+            return self._fill(self._succeeded, "job.succeeded", key, now, (duration_s * 1000,))
         except TypeError:
             extra = {"duration_ms": round(duration_s * 1000, 2)}
-            return self.render_event("info", "job.succeeded", _fields(key), extra, now)
+            return self.render_event("info", "job.succeeded", job_fields(key), extra, now)
+
+    def _fill(
+        self,
+        cache: dict[tuple[Any, ...], bytes],
+        event: str,
+        key: tuple[Any, ...],
+        now: float,
+        values: tuple[Any, ...],
+    ) -> bytes:
+        """``event``'s template for the attempt's actor, queue and priority, filled with
+        its message id, attempt number, ``values`` and time (TypeError: fields it cannot
+        format)."""
+        message_id, actor, queue, priority, attempt = key
+        whole = int(now)
+        if whole != self._second:
+            self._new_second(whole)
+        fixed = (actor, queue, priority)
+        template = cache.get(fixed) or self._template(cache, event, fixed)
+        return template % (
+            orjson.dumps(message_id),
+            attempt,
+            *values,
+            self._second_text,
+            (now - whole) * 1_000_000,
+        )
 
     def _template(
         self, cache: dict[tuple[Any, ...], bytes], event: str, key: tuple[Any, Any, Any]
@@ -152,14 +145,3 @@ class JobLines:
         """Lines already rendered (bytes) and records, in order, as one text."""
         render = self.render
         return b"".join([item if type(item) is bytes else render(item) for item in batch])
-
-
-def _fields(key: tuple[Any, ...]) -> dict[str, Any]:
-    message_id, actor, queue, priority, attempt = key
-    return {
-        "message_id": message_id,
-        "actor": actor,
-        "queue": queue,
-        "priority": priority,
-        "attempt": attempt,
-    }

@@ -37,7 +37,7 @@ from brokers.errors import BrokerConfigError
 
 from . import outcomes
 from .dead_letters import dead_letter_of
-from .deliveries import ATTEMPTS, Attempt, unwrap
+from .deliveries import ATTEMPTS, Attempt, job_fields, unwrap
 from .job_lines import STARTED, SUCCEEDED, JobLines, utc_timestamp
 from .job_lines import dumps as _dumps
 from .redaction import Redactor, escape_control
@@ -422,8 +422,8 @@ class JsonJobEvents:
     exception, render): about 15 µs an event, and a no-op job has two. Job
     events know their fields up front: the job thread hands the line buffer a
     record (``job_lines``) or the fields with the time, and the buffer's flush
-    (or its render process) renders them as the chain's ``JSONRenderer`` would
-    (orjson, same options), many events in one go. An event with ``exc_info``
+    renders them as the chain's ``JSONRenderer`` would (orjson, same options),
+    many events in one go. An event with ``exc_info``
     (``job.failed``) takes the full chain, which formats the traceback.
     """
 
@@ -558,13 +558,16 @@ class JobLogging(Middleware):
         return attempt.fields if attempt is not None else self._fields(unwrap(message))
 
     def _fields(self, message: Message) -> dict[str, Any]:
-        return {
-            "message_id": message.message_id,
-            "actor": message.actor_name,
-            "queue": message.queue_name,
-            "priority": message.options.get("priority", "normal"),
-            "attempt": int(message.options.get("retries", 0)) + 1,
-        }
+        options = message.options
+        return job_fields(
+            (
+                message.message_id,
+                message.actor_name,
+                message.queue_name,
+                options.get("priority", "normal"),
+                int(options.get("retries", 0)) + 1,
+            )
+        )
 
     def before_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
         message.options["enqueued_at"] = _now_ms()
