@@ -31,7 +31,7 @@ from dramatiq.brokers.rabbitmq import (
 from dramatiq.common import current_millis, dq_name, q_name, xq_name
 from dramatiq.errors import BrokerConnectionError, ConnectionClosed
 
-from middleware.priorities import LEVEL_NUMBERS, PriorityConfig, message_level
+from middleware.priorities import DEFAULT_LEVEL, LEVEL_NUMBERS, PriorityConfig, message_level
 
 from .bulk import BulkSendError
 from .dead_letters import keep_failed, keep_undecodable
@@ -65,6 +65,8 @@ def with_connection_defaults(url: str) -> str:
 
 
 MAX_PRIORITY = max(LEVEL_NUMBERS.values())
+#: The AMQP priority of a message that carries no level.
+NORMAL_PRIORITY = LEVEL_NUMBERS[DEFAULT_LEVEL]
 
 
 class QueueNeedsMigration(JobkitError, BrokerConnectionError):
@@ -129,6 +131,16 @@ class DeadLetteringConsumer(_RabbitmqConsumer):
         self._settle_known(message, ack=True)
 
     def nack(self, message: MessageProxy) -> None:
+        """Keep a rejected message as a dead letter, then ack it; nothing for an unknown tag."""
+        with self._settle_lock:
+            known = message._tag in self.known_tags
+        if not known:
+            # Delivered on a connection since closed: RabbitMQ delivers it again, so it
+            # is not dead, and a record now would list a job that is about to run.
+            self.logger.warning("Failed to nack message: not in known tags.")
+            return
+        # The store write happens outside the lock (a Redis round trip); the tag stays
+        # in known_tags meanwhile, so no multiple ack can cover it.
         self._settle_known(message, ack=keep_failed(self.broker, message))
 
     def _settle_known(self, message: MessageProxy, *, ack: bool) -> None:
@@ -220,7 +232,8 @@ class PriorityRabbitmqBroker(CachedHooks, RabbitmqBroker):
                     routing_key=queue_name,
                     body=encode_message(message),
                     properties=pika.BasicProperties(
-                        delivery_mode=2, priority=message.options.get("broker_priority")
+                        delivery_mode=2,
+                        priority=message.options.get("broker_priority", NORMAL_PRIORITY),
                     ),
                     mandatory=self.confirm_delivery,
                 )
@@ -332,10 +345,18 @@ class PriorityRabbitmqBroker(CachedHooks, RabbitmqBroker):
 
 
 class AmqpPriority(Middleware):
-    """Publishes each message with its level's AMQP priority (read by RabbitmqBroker.enqueue)."""
+    """Publishes each message with its level's AMQP priority (read by RabbitmqBroker.enqueue).
+
+    A caller's own ``broker_priority`` is kept: ``Priorities`` (first in the stack)
+    has already made it the message's level, or refused it.
+    """
 
     def before_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
-        message.options["broker_priority"] = LEVEL_NUMBERS[message_level(broker, message)]
+        # Only with a level: a number stamped on a levelless (normal) message would come
+        # back with its retries as if the caller had chosen normal, overriding an actor
+        # default the producer did not know. Those are published with NORMAL_PRIORITY.
+        if "priority" in message.options:
+            message.options["broker_priority"] = LEVEL_NUMBERS[message_level(broker, message)]
 
 
 class _ConfirmedPublisher:
@@ -397,7 +418,7 @@ class _ConfirmedPublisher:
             self._emit = None
 
     def publish(self, message: Message) -> None:
-        priority = message.options.get("broker_priority")
+        priority = message.options.get("broker_priority", NORMAL_PRIORITY)
         properties = self._properties.get(priority)
         if properties is None:  # one per level: building them costs more than the JSON
             properties = self._properties[priority] = pika.BasicProperties(

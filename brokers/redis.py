@@ -9,7 +9,6 @@ queues and dead-worker recovery keep Dramatiq's key layout and behaviour.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
@@ -36,6 +35,7 @@ from .decoding import MessageRules, UndecodableMessage, decode_message
 from .encoding import encode_message
 from .errors import BrokerConfigError, BrokerFull, BrokerUnavailable
 from .hooks import CachedHooks
+from .redis_clients import redis_client
 from .stats import QueueDepth
 from .urls import mask_url
 
@@ -78,6 +78,13 @@ class PriorityRedisBroker(CachedHooks, RedisBroker):
         self._weights = [priority_config.weights[level] for level in LEVELS]
         self._ack_batchers: dict[tuple[int, str], AckBatcher] = {}
         self._ack_batchers_lock = threading.Lock()
+        # Per (pid, queue): the token of a fetch whose reply never came, and fetched
+        # messages a closed consumer could not give back. Both are in this worker's
+        # unacked set, where dead-worker recovery never looks while it heartbeats:
+        # the queue's next consumer in this process takes them.
+        self._unanswered_fetches: dict[tuple[int, str], str] = {}
+        self._orphans: dict[tuple[int, str], list[tuple[bytes, bytes | None, int]]] = {}
+        self._consumers_lock = threading.Lock()
 
     def ack_batcher(self, queue_name: str) -> AckBatcher:
         """This process's batcher for ``queue_name`` (kept across consumer restarts)."""
@@ -220,14 +227,37 @@ class PriorityRedisBroker(CachedHooks, RedisBroker):
         """Up to ``count`` (redis id, payload, redeliveries) triples.
 
         The payload is ``None`` if the id has none; redeliveries counts the
-        times a dead worker's hold on the message was given back.
+        times a dead worker's hold on the message was given back. A fetch
+        that fails is retried, on the next call for the queue, under the same
+        token: if the script ran and only its reply was lost, the retry
+        returns what it took (``lua/dispatch.lua``).
         """
+        key = (os.getpid(), queue_name)
+        with self._consumers_lock:
+            token = self._unanswered_fetches.pop(key, None) or uuid4().hex
         fetch = self._dispatch("fetch")
-        if self.priority_config.mode == "weighted":
-            flat = fetch(queue_name, count, "weighted", random.getrandbits(31), *self._weights)
-        else:
-            flat = fetch(queue_name, count, "strict")
+        try:
+            if self.priority_config.mode == "weighted":
+                flat = fetch(
+                    queue_name, count, token, "weighted", random.getrandbits(31), *self._weights
+                )
+            else:
+                flat = fetch(queue_name, count, token, "strict")
+        except redis.RedisError:
+            with self._consumers_lock:
+                self._unanswered_fetches.setdefault(key, token)
+            raise
         return [(flat[i], flat[i + 1], int(flat[i + 2] or 0)) for i in range(0, len(flat), 3)]
+
+    def keep_orphans(self, queue_name: str, triples: list[tuple[bytes, bytes | None, int]]) -> None:
+        """Fetched messages a closing consumer could not requeue: the next consumer runs them."""
+        if triples:
+            with self._consumers_lock:
+                self._orphans.setdefault((os.getpid(), queue_name), []).extend(triples)
+
+    def take_orphans(self, queue_name: str) -> list[tuple[bytes, bytes | None, int]]:
+        with self._consumers_lock:
+            return self._orphans.pop((os.getpid(), queue_name), [])
 
     def requeue_ids(self, queue_name: str, ids_and_levels: list[tuple[str | bytes, Any]]) -> None:
         """Put fetched ids back at the head of their level lists, in the given order."""
@@ -255,20 +285,35 @@ class PriorityRedisConsumer(_RedisConsumer):
     the consumer and leaves the id in its unacked set for good; this one keeps
     such bytes as an ``undecodable`` dead letter and moves on. A rejected
     message goes to jobkit's dead-letter store (``brokers.dead_letters``).
+
+    Nothing fetched stays in this live worker's unacked set unless a thread of
+    it holds the message: a consumer closed after a connection error hands what
+    it could not give back to the queue's next consumer in this process. On a
+    delay queue that includes the messages it handed out and that were not
+    settled: Dramatiq's consumer thread drops its in-memory delay queue on a
+    connection error, and those messages would otherwise never run.
     """
 
     message_cache: list[tuple[bytes, bytes | None, int]]
+
+    def __init__(self, broker: PriorityRedisBroker, queue_name: str, prefetch: int, timeout: int):
+        super().__init__(broker, queue_name, prefetch, timeout)
+        self.message_cache = broker.take_orphans(queue_name)
+        #: Message id -> fetched triple, for messages handed out and not settled.
+        self.held: dict[str, tuple[bytes, bytes | None, int]] = {}
+        self._unacked_key = f"{broker.namespace}:__acks__.{broker.broker_id}.{queue_name}"
 
     def ack(self, message: MessageProxy) -> None:
         # On the current queue (a delayed message is acked on the delay queue), as Dramatiq.
         self.broker.ack_batcher(self.queue_name).add(message.options["redis_message_id"])
         self.queued_message_ids.discard(message.message_id)
+        self.held.pop(message.message_id, None)
 
     def __next__(self) -> MessageProxy | None:
         try:
             while True:
                 try:
-                    redis_id, data, redeliveries = self.message_cache.pop(0)
+                    fetched_triple = self.message_cache.pop(0)
                 except IndexError:
                     fetched = []
                     if self.outstanding_message_count < self.prefetch:
@@ -283,6 +328,7 @@ class PriorityRedisConsumer(_RedisConsumer):
                         time.sleep(backoff_ms / 1000)
                         return None
                     continue
+                redis_id, data, redeliveries = fetched_triple
                 self.misses = 0
                 try:
                     message = decode_message(data, self.broker.message_rules)
@@ -291,8 +337,9 @@ class PriorityRedisConsumer(_RedisConsumer):
                     continue
                 message.options["redis_message_id"] = redis_id.decode()
                 self.queued_message_ids.add(message.message_id)
+                self.held[message.message_id] = fetched_triple
                 return RedisMessage(message, redelivered=redeliveries > 0)
-        except redis.ConnectionError as error:
+        except (redis.ConnectionError, redis.TimeoutError) as error:
             raise ConnectionClosed(error) from None
 
     def _keep_undecodable(
@@ -306,14 +353,38 @@ class PriorityRedisConsumer(_RedisConsumer):
         self.broker.do_ack(self.queue_name, redis_id)  # type: ignore[arg-type] - bytes: may not be UTF-8
 
     def nack(self, message: MessageProxy) -> None:
+        redis_id = message.options["redis_message_id"]
+        try:
+            held = self.broker.client.sismember(self._unacked_key, redis_id)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise ConnectionClosed(error) from None  # the worker retries the nack
+        if not held:
+            # Dead-worker recovery gave it back while this worker stalled: it runs
+            # (or ran) elsewhere, so listing it as dead here would be wrong.
+            logger.warning(
+                "job %s %s failed here after this worker stopped holding it (it stalled past "
+                "the heartbeat timeout); it is not dead-lettered: it ran again elsewhere",
+                message.actor_name,
+                message.message_id,
+            )
+            self.queued_message_ids.discard(message.message_id)
+            self.held.pop(message.message_id, None)
+            return
         if keep_failed(self.broker, message):
             self.ack(message)
-        else:
-            super().nack(message)
+            return
+        try:
+            super().nack(message)  # Dramatiq's own dead-letter queue: the store is down
+        except redis.TimeoutError as error:
+            raise ConnectionClosed(error) from None  # the worker retries it
+        self.held.pop(message.message_id, None)
 
     def requeue(self, messages: Iterable[Any]) -> None:
+        messages = list(messages)
         pairs = [(m.options["redis_message_id"], m.options.get("priority")) for m in messages]
         self.broker.requeue_ids(self.queue_name, pairs)
+        for message in messages:
+            self.held.pop(message.message_id, None)
 
     def close(self) -> None:
         # Only a batcher this process already has: closing must not start one.
@@ -327,16 +398,22 @@ class PriorityRedisConsumer(_RedisConsumer):
             )
         # Dramatiq drops its cache of fetched-but-unreturned messages on close,
         # leaving them to dead-worker recovery; give them back now instead.
-        cached, self.message_cache = self.message_cache, []
+        leftovers, self.message_cache = self.message_cache, []
+        if self.queue_name.endswith(".DQ"):
+            # What the consumer thread still holds here it has dropped (see the class).
+            leftovers += self.held.values()
+        self.held = {}
         pairs = []
-        for redis_id, data, _ in cached:
+        for redis_id, data, _ in leftovers:
             try:
                 level = decode_message(data).options.get("priority")
             except UndecodableMessage:
                 level = None  # back on the normal list; dead-lettered when fetched again
             pairs.append((redis_id, level))
-        with contextlib.suppress(redis.RedisError):  # else dead-worker recovery returns them
+        try:
             self.broker.requeue_ids(self.queue_name, pairs)
+        except redis.RedisError:
+            self.broker.keep_orphans(self.queue_name, leftovers)
         super().close()
 
 
@@ -361,7 +438,7 @@ def build_redis_broker(
     """A priority-aware RedisBroker for ``url`` (redis://, rediss:// or unix://); lazy connect."""
     timeout_ms = heartbeat_timeout_ms()
     return PriorityRedisBroker(
-        url=url,
+        client=redis_client(url),
         namespace=NAMESPACE,
         middleware=[
             *middleware,

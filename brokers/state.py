@@ -9,6 +9,7 @@ from dramatiq import Broker
 from dramatiq.brokers.redis import RedisBroker
 
 from .errors import BrokerConfigError
+from .redis_clients import redis_client
 from .urls import mask_url
 
 STATE_URL_ENV = "JOBKIT_STATE_URL"
@@ -37,7 +38,7 @@ def state_client(broker: Broker) -> tuple[redis.Redis | None, str]:
             raise BrokerConfigError(
                 f"{name}={mask_url(url)!r} is not a Redis URL; use redis://, rediss:// or unix://"
             )
-        return redis.Redis.from_url(url), ""
+        return redis_client(url), ""
     if isinstance(broker, RedisBroker):
         return broker.client, ""
     return None, (

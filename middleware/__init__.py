@@ -9,6 +9,7 @@ declaration time.
 from __future__ import annotations
 
 from dramatiq import Middleware
+from dramatiq.middleware import Retries as DramatiqRetries
 from dramatiq.middleware import default_middleware
 
 from brokers.decoding import MessageRules
@@ -22,6 +23,7 @@ from .metrics import Metrics
 from .periodic import PeriodicTicks, periodiq_middleware
 from .priorities import Priorities, PriorityConfig
 from .rate_limits import RateLimits
+from .retries import Retries
 from .sentry import SentryAlerts
 
 
@@ -32,7 +34,8 @@ def build_stack(
 
     ``Priorities`` comes first so every later ``before_enqueue`` sees the
     message's validated level; then Dramatiq's defaults (AgeLimit, TimeLimit,
-    ShutdownNotifications, Callbacks, Pipelines, Retries); then periodiq's
+    ShutdownNotifications, Callbacks, Pipelines, and Retries as ``middleware.retries``
+    has it: a retry is never lost to a broker outage); then periodiq's
     middleware and ``PeriodicTicks``, so a stale or duplicate tick is skipped
     before anything else looks at it; ``CrashLoops``, so a job that keeps
     killing its worker is dead-lettered before it starts again; then ``RateLimits``,
@@ -49,7 +52,10 @@ def build_stack(
     """
     return [
         Priorities(priority_config),
-        *(middleware_class() for middleware_class in default_middleware),
+        *(
+            Retries() if middleware_class is DramatiqRetries else middleware_class()
+            for middleware_class in default_middleware
+        ),
         periodiq_middleware(),
         PeriodicTicks(),
         CrashLoops(),

@@ -10,6 +10,10 @@ fetched so that a more urgent one runs first.
 An actor's ``priority`` may also be an int, Dramatiq's own meaning (lower runs
 sooner among fetched messages of the same level); such an actor's level is
 ``normal``.
+
+Dramatiq's per-message ``broker_priority`` (an AMQP priority, higher sooner) is
+taken as a level's number (:data:`LEVEL_NUMBERS`), on every broker: jobkit has
+no priorities between or beyond its levels, so any other number is refused.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ LEVELS: tuple[str, ...] = ("critical", "high", "normal", "low")
 DEFAULT_LEVEL = "normal"
 #: A level's number: higher runs sooner (it is also the AMQP message priority).
 LEVEL_NUMBERS: dict[str, int] = {"critical": 3, "high": 2, "normal": 1, "low": 0}
+#: The level of each number, for a message sent with Dramatiq's ``broker_priority``.
+LEVEL_OF_NUMBER: dict[int, str] = {number: level for level, number in LEVEL_NUMBERS.items()}
 #: Rank inside the worker: lower runs sooner.
 LEVEL_RANKS: dict[str, int] = {level: rank for rank, level in enumerate(LEVELS)}
 
@@ -59,6 +65,19 @@ def parse_level(value: Any, *, where: str = "priority") -> str:
     raise InvalidPriority(
         f"invalid {where} {value!r}: use one of {', '.join(LEVELS)} "
         f"(most urgent first; default {DEFAULT_LEVEL})"
+    )
+
+
+def level_of_broker_priority(value: Any) -> str:
+    """The level whose number is ``value``; :class:`InvalidPriority` for any other value."""
+    # bool is an int, but True is no more a priority than "1" is.
+    if isinstance(value, int) and not isinstance(value, bool) and value in LEVEL_OF_NUMBER:
+        return LEVEL_OF_NUMBER[value]
+    numbers = ", ".join(f"{number} {level}" for level, number in LEVEL_NUMBERS.items())
+    raise InvalidPriority(
+        f"invalid broker_priority {value!r}: jobkit has one AMQP priority per level "
+        f"({numbers}; queues are declared with x-max-priority={max(LEVEL_NUMBERS.values())}), "
+        "so use one of those numbers or a level name, e.g. priority='high'"
     )
 
 
@@ -126,10 +145,22 @@ class Priorities(Middleware):
     def before_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
         explicit = message.options.get("priority")
         default = self._default_level(broker, message.actor_name)
-        if explicit is not None:
-            message.options["priority"] = parse_level(explicit)
-        elif default != DEFAULT_LEVEL:
-            message.options["priority"] = default
+        level = parse_level(explicit) if explicit is not None else None
+        number = message.options.get("broker_priority")
+        if number is not None:
+            # The broker orders by the number, the worker by the level: they must agree.
+            numbered = level_of_broker_priority(number)
+            if level is not None and level != numbered:
+                raise InvalidPriority(
+                    f"priority={level!r} and broker_priority={number!r} (level {numbered!r}) "
+                    f"disagree: pass only one, e.g. priority={level!r}"
+                )
+            level = numbered
+        if level is None:
+            level = default
+        # normal is left out unless given, or needed to override the actor's default.
+        if explicit is not None or level != DEFAULT_LEVEL or default != DEFAULT_LEVEL:
+            message.options["priority"] = level
 
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
         # Consumers and worker threads are created after this hook and take

@@ -56,10 +56,10 @@ if ! port_open $RABBIT_PORT; then
 fi
 wait_for rabbitmq rabbit_ok
 
-# The test suite runs in parallel processes (pytest-xdist), each on a vhost of its own.
+# The test suite runs in parallel processes (pytest-xdist), each on a vhost of its own;
+# the Dramatiq conformance check (tests/test_conformance.py) runs on jobkit-conformance.
 if command -v rabbitmqctl >/dev/null; then
-    for n in 1 2 3; do
-        vhost="jobkit-test-gw$n"
+    for vhost in jobkit-test-gw1 jobkit-test-gw2 jobkit-test-gw3 jobkit-conformance; do
         as_root rabbitmqctl -q add_vhost "$vhost" >/dev/null 2>&1 || true
         as_root rabbitmqctl -q set_permissions -p "$vhost" guest ".*" ".*" ".*" >/dev/null 2>&1 \
             || { say "cannot give guest access to vhost $vhost"; exit 1; }

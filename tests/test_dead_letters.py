@@ -8,14 +8,17 @@ import threading
 import time
 from collections import Counter
 from typing import Any
+from unittest.mock import Mock
 from uuid import uuid4
 
 import dramatiq
 import pika
 import pytest
+import redis
 from dramatiq import Broker, Message
 from dramatiq.brokers.redis import RedisBroker
 
+from brokers import queue_depths
 from brokers.dead_letters import (
     DeadLetterError,
     DeadLetterStore,
@@ -27,7 +30,7 @@ from brokers.dead_letters import (
 )
 from brokers.decoding import UndecodableMessage, decode_message
 from middleware.dead_letters import DeadLetters
-from tests.conftest import RABBITMQ_URL, env_for, url_for
+from tests.conftest import RABBITMQ_URL, env_for, flush, make_broker, url_for
 from tests.support.processes import child_env, run_jobkit, wait_until, worker
 from tests.support.sentry_sink import SentrySink
 
@@ -425,3 +428,106 @@ def test_rabbitmq_without_a_store_leaves_failures_in_its_xq(
     finally:
         broker.flush_all()
         broker.close()
+
+
+def test_rabbitmq_settling_a_delivery_it_does_not_know_does_nothing() -> None:
+    """A consumer ignores an ack or nack of a tag it did not deliver (as Dramatiq's do).
+
+    Such a message was delivered on a connection since closed: RabbitMQ delivers it
+    again, so storing it as dead here would list a job that is about to run again.
+    """
+    broker = make_broker("rabbitmq")
+    flush(broker)
+    delivering = other = None
+    try:
+        declare_failing(broker, Runs(), max_retries=0).send(1)
+        store = dead_letter_store(broker)
+        delivering = broker.consume(QUEUE, prefetch=1, timeout=100)
+        message = None
+        deadline = time.monotonic() + 10
+        while message is None and time.monotonic() < deadline:
+            message = next(delivering)
+        assert message is not None
+        message.fail()
+        broker.emit_before("nack", message)  # as a worker does: DeadLetters describes it
+
+        other = broker.consume(QUEUE, prefetch=1, timeout=100)  # delivered nothing
+        assert other.nack(message) is None
+        assert store.count() == 0, store.list()
+        assert other.ack(message) is None
+        assert other.nack(Mock(_tag=1)) is None  # Dramatiq's own check
+        assert other.ack(Mock(_tag=1)) is None
+        other.close()  # runs whatever it scheduled
+        other = None
+        assert store.count() == 0
+
+        # The consumer that delivered it still settles it: kept once, gone from the queue.
+        delivering.nack(message)
+        delivering.close()
+        delivering = None
+        record = store.get(message.message_id)
+        assert record is not None and store.count() == 1
+        depth = next(d for d in queue_depths(broker, {QUEUE}) if d.queue == QUEUE)
+        assert (depth.ready, depth.dead_lettered) == (0, 1)
+    finally:
+        for consumer in (other, delivering):
+            if consumer is not None:
+                consumer.close()
+        flush(broker)
+        broker.close()
+
+
+def test_redis_a_nack_of_a_job_this_worker_no_longer_holds_stores_nothing(
+    redis_broker: Broker,
+) -> None:
+    """A stalled worker's job went back to the queue; its late failure is not a dead letter."""
+    declare_failing(redis_broker, Runs(), max_retries=0).send(1)
+    consumer = redis_broker.consume(QUEUE, prefetch=1, timeout=100)
+    try:
+        message = None
+        deadline = time.monotonic() + 10
+        while message is None and time.monotonic() < deadline:
+            message = next(consumer)
+        assert message is not None
+        message.fail()
+        redis_broker.emit_before("nack", message)
+        # What dead-worker recovery does to a worker silent past the heartbeat timeout.
+        redis_broker.requeue_ids(QUEUE, [(message.options["redis_message_id"], None)])
+        consumer.nack(message)
+        store = dead_letter_store(redis_broker)
+        assert store.count() == 0, store.list()
+        depth = next(d for d in queue_depths(redis_broker, {QUEUE}) if d.queue == QUEUE)
+        assert (depth.ready, depth.in_flight) == (1, 0)  # it runs again, once
+    finally:
+        consumer.close()
+
+
+def test_redis_a_nack_redis_did_not_answer_is_retried_until_the_job_is_kept(
+    redis_broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As Dramatiq's consumers do: a nack that meets a connection error runs again."""
+    monkeypatch.setattr("dramatiq.worker.POST_PROCESS_MESSAGE_RETRY_DELAY_SECS", 0.1)
+    client = redis_broker.client  # type: ignore[attr-defined]
+    real_sismember, calls = client.sismember, []
+
+    def sismember(*args: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 1:
+            raise redis.ConnectionError("Connection closed by server (the test's outage)")
+        return real_sismember(*args)
+
+    monkeypatch.setattr(client, "sismember", sismember)
+
+    @dramatiq.actor(broker=redis_broker, queue_name=QUEUE, max_retries=0)
+    def fails() -> None:
+        raise ValueError("fails")
+
+    message = fails.send()
+    store = dead_letter_store(redis_broker)
+    with worker(redis_broker):
+        assert wait_until(lambda: store.count() == 1, 10)
+        time.sleep(0.3)
+    assert len(calls) == 2  # the failed nack, then its retry
+    assert store.get(message.message_id) is not None
+    depth = next(d for d in queue_depths(redis_broker, {QUEUE}) if d.queue == QUEUE)
+    assert (depth.ready, depth.in_flight, depth.dead_lettered) == (0, 0, 1)

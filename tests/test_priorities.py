@@ -24,6 +24,7 @@ from middleware.priorities import (
     InvalidPriority,
     LevelOrderedWorkQueue,
     PriorityConfig,
+    level_of_broker_priority,
     parse_level,
     parse_weights,
 )
@@ -82,6 +83,34 @@ def test_actor_default_and_per_message_override_are_stamped_on_the_message() -> 
     assert urgent_by_default.send_with_options(priority="low").options["priority"] == "low"
     assert plain.send_with_options(priority="Critical").options["priority"] == "critical"
     assert "priority" not in plain.send().options  # normal costs nothing on the wire
+
+
+def test_a_broker_priority_is_stamped_as_the_level_with_that_number() -> None:
+    broker = StubBroker(middleware=build_stack())
+
+    @dramatiq.actor(broker=broker, priority="high")
+    def urgent_by_default() -> None: ...
+
+    @dramatiq.actor(broker=broker)
+    def plain() -> None: ...
+
+    assert [level_of_broker_priority(n) for n in (3, 2, 1, 0)] == list(LEVELS)
+    assert plain.send_with_options(broker_priority=3).options["priority"] == "critical"
+    assert urgent_by_default.send_with_options(broker_priority=1).options["priority"] == "normal"
+    assert urgent_by_default.send_with_options(broker_priority=2).options["priority"] == "high"
+    assert plain.send_with_options(broker_priority=0, priority="LOW").options["priority"] == "low"
+    # The number jobkit's RabbitMQ broker stamps travels with a retry: normal stays left out.
+    assert "priority" not in plain.send_with_options(broker_priority=1).options
+
+
+@pytest.mark.parametrize("value", [4, 9, -1, "3", True, 2.0])
+def test_a_broker_priority_that_is_no_level_number_is_refused_naming_the_numbers(
+    value: object,
+) -> None:
+    with pytest.raises(ValueError) as caught:
+        level_of_broker_priority(value)
+    assert "3 critical, 2 high, 1 normal, 0 low" in str(caught.value)
+    assert "x-max-priority=3" in str(caught.value)
 
 
 def test_priority_mode_and_weights_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -256,6 +285,42 @@ def test_levels_run_most_urgent_first_and_fifo_within_a_level(real_broker: Broke
 
     expected = [(level, n) for level in ("high", "normal", "low") for n in range(30)]
     assert recorder.order == expected
+
+
+def test_dramatiq_broker_priorities_run_as_the_levels_with_those_numbers(
+    system_broker: Broker,
+) -> None:
+    recorder = Recorder()
+    record = _declare_recorder(system_broker, recorder, sleep_s=0)
+    for n in range(10):
+        for number in range(4):  # increasing, as Dramatiq's own test sends them
+            record.send_with_options(args=(f"broker_priority={number}", n), broker_priority=number)
+        record.send_with_options(args=("high", n), priority="high")
+
+    with worker(system_broker, threads=1):
+        assert wait_until(lambda: len(recorder) >= 50, timeout=60)
+
+    # 2 is high: those jobs and the priority="high" ones are one level, run in send order.
+    expected = [("broker_priority=3", n) for n in range(10)]
+    expected += [(label, n) for n in range(10) for label in ("broker_priority=2", "high")]
+    expected += [(f"broker_priority={number}", n) for number in (1, 0) for n in range(10)]
+    assert recorder.order == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"broker_priority": 9}, "invalid broker_priority 9: jobkit has one AMQP priority"),
+        ({"broker_priority": 3, "priority": "low"}, "priority='low' and broker_priority=3"),
+    ],
+)
+def test_a_broker_priority_with_no_level_fails_at_send_time_and_nothing_is_enqueued(
+    system_broker: Broker, options: dict[str, object], error: str
+) -> None:
+    record = _declare_recorder(system_broker, Recorder())
+    with pytest.raises(InvalidPriority, match=error):
+        record.send_with_options(args=("x", 0), **options)
+    assert sum(d.ready for d in _depths(system_broker)) == 0
 
 
 def test_jobkit_queues_reports_depth_per_level(real_broker: Broker) -> None:

@@ -24,6 +24,9 @@
 --   * requeue takes (id, suffix) pairs and puts ids back at the head of
 --     their level list, keeping FIFO order within a level;
 --   * fetch returns (id, payload, redeliveries) triples, not payloads alone;
+--   * fetch takes a token and records what it took under that token: a fetch
+--     retried with the token of one whose reply was lost returns what that one
+--     took (a live worker never gets its own unacked set back);
 --   * enqueue_batch enqueues many messages of one queue in one call;
 --   * ack takes any number of ids;
 --   * dead-worker recovery reads each message's level from its JSON;
@@ -53,6 +56,10 @@
 --
 -- $namespace:$queue_name.msgs
 --   A hash of message ids -> message data.
+--
+-- $namespace:__fetches__.$worker_id.$queue_name
+--   jobkit: a list, the token of that (worker, queue) pair's last fetch that
+--   took messages, then the ids it took.
 --
 -- $namespace:$queue_name.XQ
 --   A sorted set containing all the dead-lettered message ids
@@ -84,6 +91,7 @@ if string.sub(queue_name, -3) == ".DQ" then
 end
 
 local queue_acks = acks .. "." .. queue_name
+local queue_fetches = namespace .. ":__fetches__." .. worker_id .. "." .. queue_name
 local queue_full_name = namespace .. ":" .. queue_name
 local queue_messages = queue_full_name .. ".msgs"
 -- jobkit: id -> how many times a dead worker's unacked message was given back.
@@ -165,6 +173,7 @@ if do_maintenance == "1" then
             end
             redis.call("del", dead_worker_queue_acks)
         end
+        redis.call("del", namespace .. ":__fetches__." .. dead_worker .. "." .. queue_name)
 
         -- If there are no more ack groups for this worker, then
         -- remove it from the heartbeats set.
@@ -214,8 +223,10 @@ elseif command == "enqueue_batch" then
 elseif command == "fetch" then
     -- Ensure prefetch isn't so large that we get errors fetching
     local prefetch = math.min(ARGS[1], max_unpack_size)
+    -- jobkit: the caller's token for this fetch (the same again when it retries one).
+    local token = ARGS[2]
     -- "strict" or "weighted"; weighted takes a seed and 4 weights (most urgent first).
-    local mode = ARGS[2] or "strict"
+    local mode = ARGS[3] or "strict"
 
     local lists = {queue_full_name}
     if not is_delay_queue then
@@ -239,13 +250,20 @@ elseif command == "fetch" then
         end
     end
 
-    if mode == "weighted" and #lists > 1 then
+    if redis.call("lindex", queue_fetches, 0) == token then
+        -- A retry of a fetch whose reply was lost: the ids it took that are still unacked.
+        for _, message_id in ipairs(redis.call("lrange", queue_fetches, 1, -1)) do
+            if redis.call("sismember", queue_acks, message_id) == 1 then
+                message_ids[#message_ids + 1] = message_id
+            end
+        end
+    elseif mode == "weighted" and #lists > 1 then
         -- Park-Miller generator: products stay below 2^53, exact in Lua numbers.
-        local seed = tonumber(ARGS[3]) % 2147483646 + 1
+        local seed = tonumber(ARGS[4]) % 2147483646 + 1
         local weights = {}
         local lengths = {}
         for i = 1, #lists do
-            weights[i] = tonumber(ARGS[3 + i])
+            weights[i] = tonumber(ARGS[4 + i])
             lengths[i] = redis.call("llen", lists[i])
         end
         for _ = 1, prefetch do
@@ -283,6 +301,10 @@ elseif command == "fetch" then
     -- an id whose payload is missing or not a message (payload false -> nil),
     -- and knows which messages a dead worker held (redeliveries false -> nil).
     local triples = {}
+    if next(message_ids) ~= nil and redis.call("lindex", queue_fetches, 0) ~= token then
+        redis.call("del", queue_fetches)
+        redis.call("rpush", queue_fetches, token, unpack(message_ids))
+    end
     if next(message_ids) ~= nil then
         local payloads = redis.call("hmget", queue_messages, unpack(message_ids))
         local redeliveries = redis.call("hmget", queue_redeliveries, unpack(message_ids))
@@ -346,7 +368,7 @@ elseif command == "nack" then
 
 -- Removes all messages from a queue.
 elseif command == "purge" then
-    redis.call("del", queue_full_name, queue_acks, queue_messages, xqueue_full_name, xqueue_messages, queue_redeliveries)
+    redis.call("del", queue_full_name, queue_acks, queue_messages, xqueue_full_name, xqueue_messages, queue_redeliveries, queue_fetches)
     for _, suffix in ipairs(LEVEL_SUFFIXES) do
         if suffix ~= "" then
             redis.call("del", queue_full_name .. suffix)

@@ -8,6 +8,7 @@ the dead-letter store, and says what became of each accepted message.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,3 +74,40 @@ def account(ledger: Ledger, log_path: Path, broker: Broker, queue: str) -> Accou
         stuck=stuck,
         dead_lettered=len(dead & ledger.accepted),
     )
+
+
+def locate_on_redis(broker: Broker, queue: str, message_ids: set[str]) -> str:
+    """Where each of ``message_ids`` is in a Redis broker's key space, one line each.
+
+    For a fault test's failure message: a job neither finished nor dead-lettered
+    is in a level list, a delay list, a worker's unacked set, or nowhere.
+    """
+    client = broker.client  # type: ignore[attr-defined]
+    prefix = f"{broker.namespace}:"  # type: ignore[attr-defined]
+    redis_ids: dict[str, str] = {}
+    for hash_key in (f"{prefix}{queue}.msgs", f"{prefix}{queue}.DQ.msgs"):
+        for redis_id, payload in client.hscan_iter(hash_key, count=1000):
+            message_id = json.loads(payload).get("message_id")
+            if message_id in message_ids:
+                redis_ids[redis_id.decode()] = message_id
+    places: dict[str, list[str]] = {redis_id: [] for redis_id in redis_ids}
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        name, kind = key.decode(), client.type(key).decode()
+        if kind == "list":
+            members = {m.decode() for m in client.lrange(key, 0, -1)}
+        elif kind == "set":
+            members = {m.decode() for m in client.smembers(key)}
+        else:
+            continue
+        for redis_id in members & places.keys():
+            places[redis_id].append(name)
+    beats = client.zrange(f"{prefix}__heartbeats__", 0, -1, withscores=True)
+    heartbeats = {worker.decode(): score for worker, score in beats}
+    lines = [f"heartbeats: {heartbeats}"]
+    lines += [
+        f"{redis_ids[r]} (redis id {r}): {', '.join(where) or 'in no list or set'}"
+        for r, where in places.items()
+    ]
+    missing = message_ids - set(redis_ids.values())
+    lines += [f"{m}: no payload in {queue}.msgs or {queue}.DQ.msgs" for m in sorted(missing)]
+    return "\n".join(lines)

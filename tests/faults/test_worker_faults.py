@@ -23,12 +23,12 @@ from dramatiq import Broker
 from brokers import BrokerBlocked, BrokerUnavailable, build_broker, embedded, queue_depths
 from brokers.dead_letters import dead_letter_store
 from tests.conftest import REDIS_URL, env_for, flush, url_for
-from tests.faults.ledger import Accounting, Ledger, account, finished
+from tests.faults.ledger import Accounting, Ledger, account, finished, locate_on_redis
 from tests.faults.private_rabbitmq import PrivateRabbitmq
 from tests.faults.private_redis import PrivateRedis
 from tests.support import job_log
 from tests.support.processes import child_env, stop_group, wait_until
-from tests.support.recovery import QUEUE, declare_sleepy, start_workers
+from tests.support.recovery import QUEUE, declare_failing, declare_sleepy, start_workers
 
 #: ``JOBKIT_FAULTS_FULL=1`` runs ten times as many jobs through each fault.
 JOBS = 2000 if os.environ.get("JOBKIT_FAULTS_FULL") == "1" else 200
@@ -84,12 +84,27 @@ def run_with_fault(
         if restart_workers:
             stop_group(group, timeout=10)
             group = workers("second")
-        assert wait_until(settled, 90), (tmp_path / "first.log").read_text()[-2000:]
+        assert wait_until(settled, 90), unsettled(broker, ledger, log_path, tmp_path)
     finally:
         stop_group(group, timeout=10)
     result = account(ledger, log_path, broker, QUEUE)
     print(result.summary())
     return result
+
+
+def unsettled(broker: Broker, ledger: Ledger, log_path: Path, tmp_path: Path) -> str:
+    """The failure message when accepted jobs did not settle: where they are, the log's end."""
+    ends = finished(log_path)
+    dead = {r["id"] for r in dead_letter_store(broker).iter()}
+    open_ids = {i for i in ledger.accepted if not ends[i] and i not in dead}
+    where = ""
+    if hasattr(broker, "client"):
+        try:
+            where = locate_on_redis(broker, QUEUE, open_ids)
+        except Exception as error:  # noqa: BLE001 - a diagnostic must not hide the failure
+            where = f"(could not read the key space: {error})"
+    log = "".join(p.read_text()[-3000:] for p in sorted(tmp_path.glob("*.log")))
+    return f"{len(open_ids)} accepted job(s) neither finished nor dead-lettered\n{where}\n{log}"
 
 
 def test_kill_9_of_a_worker_under_load_loses_nothing(
@@ -299,4 +314,66 @@ def test_a_publish_blocked_by_a_memory_alarm_fails_within_the_timeout(
         # What was accepted is all there; the unconfirmed one may have arrived as well.
         assert depth.ready in (2, 3)
     finally:
+        broker.close()
+
+
+@pytest.mark.parametrize("fault", ["redis killed", "rabbitmq killed"])
+def test_a_job_failing_while_the_broker_is_down_is_retried_once_it_is_back(
+    fault: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dramatiq's Retries loses the next attempt when its send fails (dramatiq#545).
+
+    On Redis the worker then acked the failed delivery once Redis was back: the job
+    was gone. On RabbitMQ the dead connection already handed the delivery back.
+    """
+    kind = fault.split()[0]
+    server = request.getfixturevalue("private_redis" if kind == "redis" else "private_rabbitmq")
+    env = {} if kind == "redis" else {"JOBKIT_STATE_URL": REDIS_URL}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    url = server.url
+    block, fail = tmp_path / "block", tmp_path / "fail"
+    block.touch()
+    fail.touch()
+    log_path = tmp_path / "jobs.jsonl"
+    broker = build_broker(url)
+    worker_env = child_env(
+        url, JOBKIT_TEST_JOB_LOG=str(log_path), JOBKIT_HEARTBEAT_TIMEOUT_MS="2000",
+        JOBKIT_TEST_BLOCK_FLAG=str(block), JOBKIT_TEST_FAIL_FLAG=str(fail), **env,
+    )  # fmt: skip
+    group = start_workers(worker_env, tmp_path / "worker.log", THREADS)
+    try:
+        message_id = declare_failing(broker).send(1).message_id
+
+        def events(kind: str, failed: bool | None = None) -> list[dict[str, object]]:
+            return [
+                e for e in job_log.read(log_path)
+                if e["id"] == message_id and e["event"] == kind
+                and (failed is None or e.get("failed") is failed)
+            ]  # fmt: skip
+
+        assert wait_until(lambda: events("start"), 60)
+        server.kill()
+        block.unlink()  # the job fails now, with the broker gone
+        assert wait_until(lambda: events("end", failed=True), 30)
+        time.sleep(3)  # Retries tries to send the next attempt, and cannot
+        fail.unlink()
+        server.start()
+        # The next attempt runs and succeeds; nothing is left over.
+        assert wait_until(lambda: events("end", failed=False), 60), (
+            tmp_path / "worker.log"
+        ).read_text()[-3000:]
+        dead = {r["id"] for r in dead_letter_store(broker).iter()}
+        assert message_id not in dead
+
+        def drained() -> bool:
+            try:
+                (depth,) = (d for d in queue_depths(broker, {QUEUE}) if d.queue == QUEUE)
+            except Exception:  # noqa: BLE001 - still reconnecting
+                return False
+            return depth.ready + depth.delayed + (depth.in_flight or 0) == 0
+
+        assert wait_until(drained, 30)
+    finally:
+        stop_group(group, timeout=10)
         broker.close()

@@ -26,6 +26,24 @@ def declare_blocking(broker: Broker) -> Actor:
     return dramatiq.actor(blocking, broker=broker, queue_name=QUEUE, max_retries=0)
 
 
+FAIL_FLAG_ENV = "JOBKIT_TEST_FAIL_FLAG"
+
+
+def declare_failing(broker: Broker) -> Actor:
+    def failing(n: int) -> None:
+        """Blocks as ``blocking`` does, then raises while the fail flag file exists."""
+        flag = Path(os.environ.get(BLOCK_FLAG_ENV, "/nonexistent"))
+        deadline = time.monotonic() + 60
+        while flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if Path(os.environ.get(FAIL_FLAG_ENV, "/nonexistent")).exists():
+            raise RuntimeError("failing as the test asked")
+
+    return dramatiq.actor(
+        failing, broker=broker, queue_name=QUEUE, max_retries=3, min_backoff=100, max_backoff=500
+    )
+
+
 def declare_suicidal(broker: Broker) -> Actor:
     def suicidal(n: int) -> None:
         """Kills the worker process running it, as a segfault or the OOM killer would."""

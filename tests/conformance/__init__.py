@@ -1,0 +1,1 @@
+"""Conformance check: Dramatiq's own tests run on jobkit's broker classes (see run.py)."""
