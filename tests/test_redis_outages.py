@@ -11,6 +11,7 @@ only the consumer's own recovery can bring the jobs back.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ import redis
 from dramatiq import Broker
 from dramatiq.errors import ConnectionClosed
 
+from brokers.redis_clients import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S
 from tests.support.processes import wait_until, worker
 
 QUEUE = "jobkit-test"
@@ -155,3 +157,41 @@ def test_a_delayed_job_held_when_redis_went_away_still_runs(
         time.sleep(0.5)
     assert ran == [1]
     assert unacked(redis_broker, f"{QUEUE}.DQ") == 0
+
+
+def test_every_jobkit_redis_client_has_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from brokers import build_broker
+    from brokers.state import state_client
+    from tests.conftest import REDIS_URL
+
+    broker = build_broker(REDIS_URL)
+    monkeypatch.setenv("JOBKIT_STATE_URL", REDIS_URL)
+    state, _ = state_client(broker)
+    try:
+        for client in (broker.client, state):  # type: ignore[attr-defined]
+            options = client.connection_pool.connection_kwargs
+            assert options["socket_timeout"] == SOCKET_TIMEOUT_S
+            assert options["socket_connect_timeout"] == CONNECT_TIMEOUT_S
+            assert options["health_check_interval"] > 0
+    finally:
+        broker.close()
+
+
+def test_a_server_that_stops_answering_fails_the_fetch_within_the_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A link that died silently (no RST): the consumer gives up instead of waiting forever."""
+    from brokers import build_broker
+
+    monkeypatch.setattr("brokers.redis_clients.SOCKET_TIMEOUT_S", 0.5)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        port = silent.getsockname()[1]
+        broker = build_broker(f"redis://127.0.0.1:{port}/0")
+        try:
+            consumer = broker.consume(QUEUE, prefetch=1, timeout=100)
+            started = time.monotonic()
+            with pytest.raises(ConnectionClosed):
+                next(consumer)
+            assert time.monotonic() - started < 5
+        finally:
+            broker.close()
