@@ -83,7 +83,7 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
 def reachable(name: str, url: str) -> str | None:
     """Why ``name`` cannot be used, or None if it answers."""
     from brokers import build_broker, check_broker
-    from brokers.errors import JobkitError
+    from jobkit.errors import JobkitError
 
     try:
         with broker_environment(name):

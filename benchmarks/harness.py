@@ -212,7 +212,7 @@ def run_benchmark(
     """Check the brokers asked for, run, print the table, write the JSON; the exit code."""
     import json
 
-    from brokers.errors import JobkitError
+    from jobkit.errors import JobkitError
 
     unknown = set(args.brokers) - set(BROKERS)
     if unknown:

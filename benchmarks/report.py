@@ -126,7 +126,7 @@ def tables(report: dict[str, Any]) -> list[Table]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The same tables as Markdown (for the README)."""
+    """The same tables as Markdown (for docs/benchmarks.md)."""
     parts = []
     for title, columns, rows in sections(report):
         lines = [f"**{title}**", "", "| " + " | ".join(columns) + " |"]

@@ -18,10 +18,7 @@ from dramatiq import Broker
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
-# Submodules that import middleware are imported inside functions: middleware
-# imports brokers.errors, and must not find this package half-initialised.
-from .bulk import BulkSendError, send_many
-from .errors import (
+from jobkit.errors import (
     BrokerBlocked,
     BrokerConfigError,
     BrokerFull,
@@ -29,6 +26,10 @@ from .errors import (
     EmbeddedServerError,
     JobkitError,
 )
+
+# Submodules that import middleware are imported inside functions: middleware
+# imports brokers.decoding, and must not find this package half-initialised.
+from .bulk import BulkSendError, send_many
 from .stats import QueueDepth
 from .urls import BROKER_URL_ENV, BrokerSpec, mask_url, parse_broker_url, spec_from_env
 

@@ -18,7 +18,7 @@ from typing import Any
 import dramatiq
 from dramatiq import Broker, Message
 
-from .errors import JobkitError
+from jobkit.errors import JobkitError
 
 DEFAULT_BATCH = 1000
 

@@ -34,7 +34,8 @@ import redis
 from dramatiq import Broker, Message
 from dramatiq.common import q_name
 
-from .errors import BrokerConfigError, JobkitError
+from jobkit.errors import BrokerConfigError, JobkitError
+
 from .state import state_client
 
 TTL_ENV = "JOBKIT_DEAD_LETTER_TTL"

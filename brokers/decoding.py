@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from dramatiq import Message, get_encoder
 
-from .errors import BrokerConfigError
+from jobkit.errors import BrokerConfigError, JobkitError
+
 from .signing import BadSignature, Signer
 
 MAX_BYTES_ENV = "JOBKIT_MAX_MESSAGE_BYTES"
@@ -32,7 +33,7 @@ _SHAPE: dict[str, tuple[type, ...]] = {
 }
 
 
-class UndecodableMessage(Exception):
+class UndecodableMessage(JobkitError, ValueError):
     """The bytes are not a message to run; ``str()`` says why in one line."""
 
     #: The dead-letter reason.

@@ -31,7 +31,8 @@ from typing import Any
 
 import redis
 
-from .errors import EmbeddedServerError
+from jobkit.errors import EmbeddedServerError
+
 from .processes import pid_alive
 
 # sun_path holds 108 bytes including the NUL; a longer path is silently

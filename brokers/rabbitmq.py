@@ -31,13 +31,13 @@ from dramatiq.brokers.rabbitmq import (
 from dramatiq.common import current_millis, dq_name, q_name, xq_name
 from dramatiq.errors import BrokerConnectionError, ConnectionClosed
 
+from jobkit.errors import BrokerBlocked, BrokerConfigError, BrokerUnavailable, JobkitError
 from middleware.priorities import DEFAULT_LEVEL, LEVEL_NUMBERS, PriorityConfig, message_level
 
 from .bulk import BulkSendError
 from .dead_letters import keep_failed, keep_undecodable
 from .decoding import MessageRules, UndecodableMessage, decode_message
 from .encoding import encode_message
-from .errors import BrokerBlocked, BrokerConfigError, BrokerUnavailable, JobkitError
 from .hooks import CachedHooks
 from .stats import QueueDepth
 from .urls import mask_url

@@ -26,6 +26,7 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import compute_backoff, current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
 
+from jobkit.errors import BrokerConfigError, BrokerFull, BrokerUnavailable
 from middleware.priorities import LEVELS, PriorityConfig
 
 from .acks import AckBatcher
@@ -33,7 +34,6 @@ from .bulk import BulkSendError, batches
 from .dead_letters import keep_failed, keep_undecodable
 from .decoding import MessageRules, UndecodableMessage, decode_message
 from .encoding import encode_message
-from .errors import BrokerConfigError, BrokerFull, BrokerUnavailable
 from .hooks import CachedHooks
 from .redis_clients import redis_client
 from .stats import QueueDepth

@@ -22,14 +22,14 @@ from typing import Any
 
 from dramatiq.common import q_name
 
-from .errors import BrokerConfigError
+from jobkit.errors import BrokerConfigError, JobkitError
 
 SIGNING_KEY_ENV = "JOBKIT_SIGNING_KEY"
 SIGNATURE = "signature"
 MIN_KEY_LENGTH = 16
 
 
-class BadSignature(ValueError):
+class BadSignature(JobkitError, ValueError):
     """A message is unsigned, or its signature matches none of the keys."""
 
 

@@ -8,7 +8,8 @@ import redis
 from dramatiq import Broker
 from dramatiq.brokers.redis import RedisBroker
 
-from .errors import BrokerConfigError
+from jobkit.errors import BrokerConfigError
+
 from .redis_clients import redis_client
 from .urls import mask_url
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from .errors import BrokerConfigError
+from jobkit.errors import BrokerConfigError
 
 BROKER_URL_ENV = "JOBKIT_BROKER_URL"
 HOME_ENV = "JOBKIT_HOME"

@@ -30,7 +30,7 @@ import structlog
 from dramatiq import Broker, Message, Middleware, Worker
 from dramatiq.middleware import SkipMessage
 
-from brokers.errors import BrokerConfigError, JobkitError
+from jobkit.errors import BrokerConfigError, JobkitError
 
 from . import outcomes
 

@@ -36,8 +36,8 @@ from typing import Any
 from dramatiq import Broker, Message, Middleware
 
 from brokers.dead_letters import iso_ms, message_as_sent, new_record
-from brokers.errors import BrokerConfigError
 from brokers.urls import mask_url
+from jobkit.errors import BrokerConfigError
 
 from . import outcomes
 

@@ -33,7 +33,7 @@ from typing import Any
 import structlog
 from dramatiq import Broker, Message, Middleware
 
-from brokers.errors import BrokerConfigError
+from jobkit.errors import BrokerConfigError
 
 from . import outcomes
 from .dead_letters import dead_letter_of

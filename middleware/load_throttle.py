@@ -24,7 +24,7 @@ from typing import Any
 
 from dramatiq import Broker, Middleware, Worker
 
-from brokers.errors import BrokerConfigError
+from jobkit.errors import BrokerConfigError
 
 logger = logging.getLogger("jobkit.load_throttle")
 

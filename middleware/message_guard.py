@@ -20,8 +20,8 @@ from dramatiq.middleware import MiddlewareError
 
 from brokers.decoding import MAX_BYTES_ENV, MessageRules
 from brokers.encoding import message_fields
-from brokers.errors import BrokerConfigError, JobkitError
 from brokers.signing import SIGNATURE
+from jobkit.errors import BrokerConfigError, JobkitError
 
 
 class MessageTooLarge(JobkitError, MiddlewareError, ValueError):

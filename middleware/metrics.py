@@ -305,12 +305,12 @@ class QueueDepthCollector:
         yield depth
 
     def _depths(self) -> list[Any]:
-        from brokers import queue_depths
+        from brokers import build_broker, queue_depths
 
         if self._broker is None:
-            import actors
-
-            self._broker = actors.broker
+            # The exporter is forked before any app is imported: a broker from the
+            # environment reads the same queues, whatever module declares the jobs.
+            self._broker = build_broker()
         queues: set[str] = set()
         for listing in self.directory.glob("queues-*.json"):
             with contextlib.suppress(OSError, ValueError):

@@ -29,7 +29,7 @@ from typing import Any, Literal
 from dramatiq import Broker, Message, Middleware, Worker
 from dramatiq.middleware import MiddlewareError
 
-from brokers.errors import BrokerConfigError
+from jobkit.errors import BrokerConfigError, JobkitError
 
 from .deliveries import unwrap
 
@@ -50,7 +50,7 @@ DEFAULT_WEIGHTS: dict[str, int] = {"critical": 8, "high": 4, "normal": 2, "low":
 PriorityMode = Literal["strict", "weighted"]
 
 
-class InvalidPriority(MiddlewareError, ValueError):
+class InvalidPriority(JobkitError, MiddlewareError, ValueError):
     """A priority that is not one of :data:`LEVELS`.
 
     A ``MiddlewareError`` so that Dramatiq lets it reach the caller of ``send()``

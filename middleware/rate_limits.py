@@ -44,7 +44,7 @@ import structlog
 from dramatiq import Broker, Message, Middleware, Worker
 from dramatiq.middleware import MiddlewareError, SkipMessage
 
-from brokers.errors import JobkitError
+from jobkit.errors import JobkitError
 
 from . import outcomes
 from .deliveries import CurrentDelivery

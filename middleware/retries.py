@@ -23,7 +23,7 @@ import dramatiq.errors
 import dramatiq.middleware
 from dramatiq import Broker, Message
 
-from brokers.errors import BrokerBlocked, BrokerFull
+from jobkit.errors import BrokerBlocked, BrokerFull
 
 #: Refusals that pass: the broker is unreachable, blocked by an alarm, or at its memory limit.
 TRANSIENT = (ConnectionError, dramatiq.errors.BrokerConnectionError, BrokerBlocked, BrokerFull)

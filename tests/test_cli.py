@@ -10,7 +10,7 @@ import pytest
 from dramatiq import Broker
 
 from brokers import embedded, queue_depths
-from brokers.cli import build_parser
+from jobkit.cli import build_parser
 from tests.conftest import EMBEDDED_URL, env_for, url_for
 from tests.support.processes import child_env, run_jobkit, wait_until, worker
 
@@ -181,3 +181,31 @@ def test_embedded_commands_refuse_a_non_embedded_broker() -> None:
     result = run_jobkit("embedded", "status", env=child_env("redis://127.0.0.1:6379/15"))
     assert result.returncode == 1
     assert "not the embedded server" in result.stderr
+
+
+def test_version_is_the_installed_distribution_s() -> None:
+    import importlib.metadata
+
+    result = run_jobkit("--version", env=child_env(EMBEDDED_URL))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"jobkit {importlib.metadata.version('jobkit')}"
+
+
+def test_every_public_exception_is_a_jobkit_error() -> None:
+    """One error tree: the CLI shows any of them as its one line, exit code 1."""
+    import brokers
+    from brokers.bulk import BulkSendError
+    from brokers.dead_letters import DeadLetterError
+    from brokers.decoding import OversizedMessage, UndecodableMessage
+    from brokers.signing import BadSignature
+    from jobkit import errors
+    from middleware.priorities import InvalidPriority
+    from middleware.rate_limits import RateLimitConfigError
+
+    public = [
+        brokers.BrokerUnavailable, brokers.BrokerBlocked, brokers.BrokerFull,
+        brokers.BrokerConfigError, brokers.EmbeddedServerError, BulkSendError,
+        DeadLetterError, UndecodableMessage, OversizedMessage, BadSignature,
+        InvalidPriority, RateLimitConfigError,
+    ]  # fmt: skip
+    assert [e for e in public if not issubclass(e, errors.JobkitError)] == []

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,6 +119,16 @@ def test_the_demo_does_not_clear_a_directory_it_did_not_make(home: Path, tmp_pat
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
+def where_it_hangs(process: subprocess.Popen[bytes], tmp_path: Path) -> str:
+    """The threads of a process that did not stop (py-spy), and the end of its output."""
+    spy = Path(sys.executable).parent / "py-spy"
+    dump = subprocess.run(
+        [str(spy), "dump", "--pid", str(process.pid)], capture_output=True, text=True, timeout=30
+    )
+    output = (tmp_path / "demo.out").read_text(errors="replace")[-3000:]
+    return f"{dump.stdout}{dump.stderr}\n--- its output:\n{output}"
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_demo_stops_its_workers_on_sigterm_and_ctrl_c(
     home: Path, tmp_path: Path, signum: int
@@ -139,16 +151,26 @@ def test_demo_stops_its_workers_on_sigterm_and_ctrl_c(
         ],
         env=child_env(url),
         cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        # Files, not pipes: nobody reads them while it runs, and a full pipe would block it.
+        stdout=(tmp_path / "demo.out").open("wb"),
+        stderr=subprocess.STDOUT,
+        # As from a terminal: a suite started in the background (`make test &`, nohup)
+        # ignores SIGINT, and the demo would inherit that and rightly ignore Ctrl-C.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert wait_until(lambda: len(dramatiq_processes(url)) >= 2, timeout=60)
         demo.send_signal(signum)
-        demo.wait(timeout=60)
+        try:
+            demo.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the demo did not stop within 60 s\n{where_it_hangs(demo, tmp_path)}")
     finally:
         if demo.poll() is None:
             demo.kill()
+            demo.wait()
+            for pid in dramatiq_processes(url):  # its workers, in a session of their own
+                os.kill(pid, signal.SIGKILL)
     assert demo.returncode == (143 if signum == signal.SIGTERM else 130)
     assert dramatiq_processes(url) == []
     assert valkey_servers_for(home) == []

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from brokers import build_broker, embedded, queue_depths
-from brokers.errors import EmbeddedServerError
+from jobkit.errors import EmbeddedServerError
 from tests.support.processes import (
     REPO,
     child_env,

@@ -18,8 +18,8 @@ from brokers.decoding import (
     OversizedMessage,
     decode_message,
 )
-from brokers.errors import BrokerConfigError
 from brokers.signing import BadSignature, Signer
+from jobkit.errors import BrokerConfigError
 from middleware import build_stack
 from middleware.message_guard import MessageTooLarge, check_encoder
 from tests.conftest import flush, make_broker

@@ -13,8 +13,8 @@ from dramatiq import Broker
 
 from brokers import BrokerFull, build_broker
 from brokers.dead_letters import dead_letter_store
-from brokers.errors import BrokerConfigError
 from brokers.redis import heartbeat_timeout_ms
+from jobkit.errors import BrokerConfigError
 from tests.conftest import env_for, url_for
 from tests.support import job_log
 from tests.support.processes import child_env, stop_group, wait_until, worker

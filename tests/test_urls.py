@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from brokers.errors import BrokerConfigError
 from brokers.urls import mask_url, parse_broker_url
+from jobkit.errors import BrokerConfigError
 
 
 @pytest.mark.parametrize(

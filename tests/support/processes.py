@@ -53,7 +53,7 @@ def child_env(broker_url: str, **extra: str) -> dict[str, str]:
 
 def jobkit_command() -> list[str]:
     script = Path(sys.executable).parent / "jobkit"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "brokers.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "jobkit.cli"]
 
 
 def run_jobkit(

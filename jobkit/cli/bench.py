@@ -1,8 +1,17 @@
-"""``jobkit bench``: the benchmark suite (``python -m benchmarks``) from the jobkit command."""
+"""``jobkit bench``: the benchmark suite (``python -m benchmarks``) from the jobkit command.
+
+The suite is run as its own process, never imported: product code does not
+depend on ``benchmarks/`` (a checkout's folder, not part of the package).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import subprocess
+import sys
+
+from jobkit.errors import JobkitError
 
 
 def add_parser(subcommands: argparse._SubParsersAction) -> None:
@@ -27,8 +36,10 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmarks.__main__ import main
-
-    if args.help_suite:
-        return main(["--help"], prog="jobkit bench")
-    return main(args.suite_args, prog="jobkit bench")
+    if importlib.util.find_spec("benchmarks") is None:
+        raise JobkitError(
+            "jobkit bench runs the benchmark suite of a jobkit checkout (its benchmarks/ "
+            "folder, not installed with the package): run it from the checkout's directory"
+        )
+    suite_args = ["--help"] if args.help_suite else args.suite_args
+    return subprocess.call([sys.executable, "-m", "benchmarks", *suite_args])

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import embedded
-from ..errors import BrokerConfigError
-from ..urls import spec_from_env
-from .output import print_json, print_table, stdout
+from brokers import embedded
+from brokers.urls import spec_from_env
+from jobkit import exit_codes
+from jobkit.errors import BrokerConfigError
+from jobkit.output import print_json, print_table, stdout
 
 
 def add_parser(subcommands: argparse._SubParsersAction) -> None:
@@ -54,7 +55,7 @@ def run_status(args: argparse.Namespace) -> int:
         print_json(facts)
     else:
         print_table("embedded broker", ("fact", "value"), sorted(facts.items()))
-    return 0 if facts["running"] else 3
+    return exit_codes.OK if facts["running"] else exit_codes.NOT_RUNNING
 
 
 def run_stop(args: argparse.Namespace) -> int:

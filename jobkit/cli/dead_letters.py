@@ -10,10 +10,17 @@ from typing import Any
 
 from rich.markup import escape
 
+from brokers import check_broker
+from brokers.dead_letters import (
+    DeadLetterError,
+    DeadLetterStore,
+    Filters,
+    dead_letter_store,
+    parse_duration_ms,
+)
+from jobkit.app import load_app
+from jobkit.output import print_json, print_table, stderr, stdout
 from middleware.redaction import Redactor
-
-from ..dead_letters import DeadLetterError, DeadLetterStore, Filters, parse_duration_ms
-from .output import print_json, print_table, stderr, stdout
 
 REASONS = (
     "retries_exhausted, non_retryable, time_limit, age_limit, rate_limited, unknown_actor, "
@@ -125,14 +132,10 @@ def filters_from(args: argparse.Namespace) -> Filters:
     )
 
 
-def _store() -> DeadLetterStore:
-    import actors
-
-    from .. import check_broker
-    from ..dead_letters import dead_letter_store
-
-    check_broker(actors.broker)
-    return dead_letter_store(actors.broker)
+def _store(app: str | None) -> DeadLetterStore:
+    broker = load_app(app)
+    check_broker(broker)
+    return dead_letter_store(broker)
 
 
 def _selection(args: argparse.Namespace) -> tuple[list[str], Filters | None]:
@@ -152,7 +155,7 @@ def _error_text(record: dict[str, Any], width: int = 70) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    records = _store().list(filters_from(args), limit=args.limit)
+    records = _store(args.app).list(filters_from(args), limit=args.limit)
     if args.json:
         print_json(records)
         return 0
@@ -176,7 +179,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    record = _store().get(args.id)
+    record = _store(args.app).get(args.id)
     if record is None:
         raise DeadLetterError(f"no dead letter {args.id!r} (jobkit dead-letters list shows ids)")
     if args.json:
@@ -212,7 +215,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_replay(args: argparse.Namespace) -> int:
     ids, filters = _selection(args)
-    store = _store()
+    store = _store(args.app)
     with _progress("replaying") as advance:
         report = store.replay(ids, filters, dry_run=args.dry_run, progress=advance)
     if args.json:
@@ -227,7 +230,7 @@ def run_replay(args: argparse.Namespace) -> int:
 
 def run_purge(args: argparse.Namespace) -> int:
     ids, filters = _selection(args)
-    store = _store()
+    store = _store(args.app)
     if filters is not None:
         ids = ids + [record["id"] for record in store.iter(filters)]
         if ids and not args.yes and not _confirm(f"delete {len(ids)} dead letter(s)?"):

@@ -9,8 +9,8 @@ import urllib.request
 from collections import defaultdict
 from typing import Any
 
-from ..errors import JobkitError
-from .output import print_json, print_table
+from jobkit.errors import JobkitError
+from jobkit.output import print_json, print_table
 
 COUNTERS = {
     "jobkit_jobs": "jobs",

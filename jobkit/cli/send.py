@@ -7,10 +7,11 @@ import inspect
 import json
 from typing import Any
 
+from brokers import check_broker
+from jobkit.app import load_app
+from jobkit.errors import JobkitError
+from jobkit.output import print_json, stdout
 from middleware.priorities import parse_level
-
-from ..errors import JobkitError
-from .output import print_json, stdout
 
 
 class BadJobError(JobkitError, ValueError):
@@ -50,11 +51,7 @@ def parse_arg(text: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    import actors
-
-    from .. import check_broker
-
-    broker = actors.broker
+    broker = load_app(args.app)
     try:
         actor = broker.get_actor(args.actor)
     except Exception:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 
 import pika.exceptions
 import redis
 
-from ..errors import JobkitError
-from ..urls import BROKER_URL_ENV, HOME_ENV
-from . import bench, dead_letters, demo, embedded, queues, send, stats, worker
+from brokers.urls import BROKER_URL_ENV, HOME_ENV
+from jobkit import demo, exit_codes
+from jobkit.app import APP_ENV, DEFAULT_APP
+from jobkit.errors import JobkitError
+
+from . import bench, dead_letters, embedded, queues, send, stats, worker
 
 COMMANDS = (demo, worker, queues, stats, send, dead_letters, bench, embedded)
 
@@ -20,6 +24,7 @@ environment:
   {BROKER_URL_ENV}   broker to use: redis://, rediss://, unix://, amqp://, amqps://,
                       embedded://[DIR]; unset = embedded Valkey server under $JOBKIT_HOME
   {HOME_ENV}          data directory of the embedded server (default: ./.jobkit)
+  {APP_ENV}           module that declares your actors, as --app (default: actors)
 """
 
 
@@ -33,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="show full tracebacks on errors"
+    )
+    parser.add_argument("--version", action="version", version=f"jobkit {jobkit_version()}")
+    parser.add_argument(
+        "--app",
+        metavar="MODULE[:BROKER]",
+        help=f"the module that declares your actors (default: ${APP_ENV}, else {DEFAULT_APP})",
     )
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
@@ -54,12 +65,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         print("jobkit: interrupted", file=sys.stderr)
-        return 130
+        return exit_codes.INTERRUPTED
     except Exception as error:
         if args.verbose:
             raise
         print(f"jobkit: error: {one_line(error)}", file=sys.stderr)
-        return 1
+        return exit_codes.ERROR
+
+
+def jobkit_version() -> str:
+    """The installed distribution's version (pyproject.toml)."""
+    try:
+        return importlib.metadata.version("jobkit")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "unknown (not installed)"
 
 
 def one_line(error: BaseException) -> str:

@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from .. import build_broker, check_broker
+from brokers import build_broker, check_broker
+from jobkit.app import app_name
 
 
 def add_parser(subcommands: argparse._SubParsersAction) -> None:
@@ -30,11 +31,11 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def dramatiq_argv(extra: list[str]) -> list[str]:
-    """``dramatiq`` arguments: ``actors`` first unless the caller names modules."""
+def dramatiq_argv(extra: list[str], app: str | None = None) -> list[str]:
+    """``dramatiq`` arguments: the app's module first unless the caller names modules."""
     if extra and not extra[0].startswith("-"):
         return extra
-    return ["actors", *extra]
+    return [app_name(app), *extra]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         probe.close()
     _log_like_jobkit(dramatiq_cli, configure_logging, fmt)
-    sys.argv = ["dramatiq", *dramatiq_argv(list(args.dramatiq_args))]
+    sys.argv = ["dramatiq", *dramatiq_argv(list(args.dramatiq_args), args.app)]
     return int(dramatiq_cli.main() or 0)
 
 

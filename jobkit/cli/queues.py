@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from brokers import check_broker, queue_depths, spec_of
+from jobkit.app import load_app
+from jobkit.output import print_json, print_table
 from middleware.priorities import LEVELS
-
-from .. import check_broker, queue_depths, spec_of
-from .output import print_json, print_table
 
 
 def add_parser(subcommands: argparse._SubParsersAction) -> None:
     parser = subcommands.add_parser(
         "queues",
         help="message counts per queue on the configured broker",
-        description="For every queue (those declared by the actors package, those given with "
+        description="For every queue (those declared by the app, see --app; those given with "
         "--queue, and on Redis/embedded every queue found in the broker), print ready "
         "(total and per priority level), delayed, in-flight and dead-lettered counts. "
         "Per-level and in-flight counts exist on Redis/embedded only ('-' on RabbitMQ).",
@@ -32,20 +32,19 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import actors
-
-    check_broker(actors.broker)
-    depths = queue_depths(actors.broker, set(args.queue))
+    broker = load_app(args.app)
+    check_broker(broker)
+    depths = queue_depths(broker, set(args.queue))
     if args.json:
         print_json(
             {
-                "broker": spec_of(actors.broker).display_url,
+                "broker": spec_of(broker).display_url,
                 "queues": [depth.as_dict() for depth in depths],
             }
         )
         return 0
     print_table(
-        f"queues on {spec_of(actors.broker).display_url}",
+        f"queues on {spec_of(broker).display_url}",
         ("queue", "ready", *LEVELS, "delayed", "in flight", "dead-lettered"),
         [
             (

@@ -25,11 +25,13 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ... import check_broker, embedded
-from ...errors import JobkitError
-from ...processes import start_process_group, stop_process_group
-from ...urls import BROKER_URL_ENV, spec_from_env
-from ..output import print_json, print_table, stderr, stdout
+from brokers import check_broker, embedded
+from brokers.processes import start_process_group, stop_process_group
+from brokers.urls import BROKER_URL_ENV, spec_from_env
+from jobkit import exit_codes
+from jobkit.errors import JobkitError
+from jobkit.output import print_json, print_table, stderr, stdout
+
 from .local_site import LocalSite
 from .samples import make_samples
 from .tour import Outputs, send_tour
@@ -138,8 +140,8 @@ def run(args: argparse.Namespace) -> int:
     if summary["surprises"]:
         for line in summary["surprises"]:
             stderr.print(f"jobkit demo: {line}")
-        return 1
-    return 0
+        return exit_codes.ERROR
+    return exit_codes.OK
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
