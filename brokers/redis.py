@@ -299,8 +299,10 @@ class PriorityRedisConsumer(_RedisConsumer):
     def __init__(self, broker: PriorityRedisBroker, queue_name: str, prefetch: int, timeout: int):
         super().__init__(broker, queue_name, prefetch, timeout)
         self.message_cache = broker.take_orphans(queue_name)
-        #: Message id -> fetched triple, for messages handed out and not settled.
+        #: On a delay queue: message id -> fetched triple, for messages handed out and not
+        #: settled (a canonical queue's are in the worker's queue, which outlives a restart).
         self.held: dict[str, tuple[bytes, bytes | None, int]] = {}
+        self._is_delay_queue = queue_name.endswith(".DQ")
         self._unacked_key = f"{broker.namespace}:__acks__.{broker.broker_id}.{queue_name}"
 
     def ack(self, message: MessageProxy) -> None:
@@ -337,7 +339,8 @@ class PriorityRedisConsumer(_RedisConsumer):
                     continue
                 message.options["redis_message_id"] = redis_id.decode()
                 self.queued_message_ids.add(message.message_id)
-                self.held[message.message_id] = fetched_triple
+                if self._is_delay_queue:
+                    self.held[message.message_id] = fetched_triple
                 return RedisMessage(message, redelivered=redeliveries > 0)
         except (redis.ConnectionError, redis.TimeoutError) as error:
             raise ConnectionClosed(error) from None
@@ -399,9 +402,8 @@ class PriorityRedisConsumer(_RedisConsumer):
         # Dramatiq drops its cache of fetched-but-unreturned messages on close,
         # leaving them to dead-worker recovery; give them back now instead.
         leftovers, self.message_cache = self.message_cache, []
-        if self.queue_name.endswith(".DQ"):
-            # What the consumer thread still holds here it has dropped (see the class).
-            leftovers += self.held.values()
+        # What a delay queue's consumer thread still holds here it has dropped (see the class).
+        leftovers += self.held.values()
         self.held = {}
         pairs = []
         for redis_id, data, _ in leftovers:

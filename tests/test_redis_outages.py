@@ -64,6 +64,14 @@ def unacked(broker: Broker, queue: str) -> int:
     return int(broker.client.scard(key))  # type: ignore[attr-defined]
 
 
+def ack_and_close(broker: Broker, consumer: Any, messages: list[Any]) -> None:
+    """Settle what a consumer delivered; then nothing is left in flight."""
+    for message in messages:
+        consumer.ack(message)
+    consumer.close()
+    assert unacked(broker, QUEUE) == 0
+
+
 def test_a_fetch_whose_reply_was_lost_is_answered_by_the_retry(
     redis_broker: Broker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -82,10 +90,7 @@ def test_a_fetch_whose_reply_was_lost_is_answered_by_the_retry(
     got = [next(consumer) for _ in range(3)]
     assert [m.message_id for m in got] == sent
     assert next(consumer) is None
-    for message in got:
-        consumer.ack(message)
-    consumer.close()
-    assert unacked(redis_broker, QUEUE) == 0
+    ack_and_close(redis_broker, consumer, got)
 
 
 def test_jobs_of_a_lost_fetch_reply_run_in_the_same_live_worker(
@@ -122,10 +127,7 @@ def test_messages_a_closing_consumer_could_not_requeue_go_to_the_next_consumer(
     consumer = redis_broker.consume(QUEUE, prefetch=4, timeout=100)
     rest = [next(consumer) for _ in range(3)]
     assert [first.message_id] + [m.message_id for m in rest] == sent
-    for message in [first, *rest]:
-        consumer.ack(message)
-    consumer.close()
-    assert unacked(redis_broker, QUEUE) == 0
+    ack_and_close(redis_broker, consumer, [first, *rest])
 
 
 def test_a_delayed_job_held_when_redis_went_away_still_runs(
