@@ -1,5 +1,5 @@
 """The ``jobkit`` command's home: the fronts (``cli/``, ``demo/``) and the shared leaves.
 
-``errors.py`` and ``exit_codes.py`` import nothing of the project; ``app.py``
+``settings.py``, ``errors.py`` and ``exit_codes.py`` import nothing of the project; ``app.py``
 loads the user's app by import string; ``output.py`` prints tables and JSON.
 """

@@ -9,6 +9,14 @@ class BrokerConfigError(JobkitError, ValueError):
     """The broker configuration (usually ``JOBKIT_BROKER_URL``) cannot be used."""
 
 
+class SettingsError(BrokerConfigError):
+    """A variable of the settings table (``jobkit.settings``) holds a value jobkit cannot use.
+
+    ``str()`` is one line, ``JOBKIT_<NAME>='value': what is accepted``, secrets masked.
+    A ``BrokerConfigError`` so that handlers of configuration errors catch it too.
+    """
+
+
 class BrokerUnavailable(JobkitError, ConnectionError):
     """The configured broker did not answer, or refused our credentials."""
 
