@@ -7,8 +7,14 @@ family's module is imported. ``dramatiq actors`` loads the same package.
 """
 
 from brokers import setup_broker
+from jobkit.errors import SettingsError
 
-broker = setup_broker()
+try:
+    broker = setup_broker()
+except SettingsError as error:
+    # A setting is wrong: the process stops here with the one line that says which and
+    # what is accepted (``dramatiq actors``, ``periodiq actors`` and app code alike).
+    raise SystemExit(f"jobkit: {error}") from None
 
 from actors import (  # noqa: E402 - the broker must exist first
     basics,

@@ -26,7 +26,6 @@ repeat.
 from __future__ import annotations
 
 import logging
-import os
 import smtplib
 import ssl
 from dataclasses import dataclass
@@ -41,16 +40,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import dramatiq
 
 from actors.outputs import write_atomically
-from brokers.urls import mask_url
+from jobkit.settings import current, mask_url
 
 QUEUE = "emails"
 SMTP_URL_ENV = "JOBKIT_SMTP_URL"
 OUTBOX_ENV = "JOBKIT_EMAIL_OUTBOX"
 SENDER_ENV = "JOBKIT_EMAIL_FROM"
 RATE_LIMIT_ENV = "JOBKIT_EMAIL_RATE_LIMIT"
-DEFAULT_OUTBOX = ".jobkit/outbox"
-DEFAULT_SENDER = "jobkit@localhost"
-DEFAULT_RATE_LIMIT = "10/s"
 MAX_RECIPIENTS = 100
 
 logger = logging.getLogger("jobkit.emails")
@@ -145,7 +141,7 @@ def send_email(
     max_backoff=900_000,
     throws=(EmailRejected,),
     time_limit=300_000,
-    rate_limit=os.environ.get(RATE_LIMIT_ENV, DEFAULT_RATE_LIMIT),
+    rate_limit=current().email_rate_limit,
     rate_limit_key=recipient_domain,
 )
 def deliver_email(
@@ -160,9 +156,10 @@ def deliver_email(
 ) -> None:
     """Send one email (plain text, plus an HTML part when ``html`` is given)."""
     email = build_email(to, subject, body, html, sender, reply_to, headers, message_id)
-    smtp_url = os.environ.get(SMTP_URL_ENV, "").strip()
+    settings = current()
+    smtp_url = settings.smtp_url
     if not smtp_url:
-        path = write_to_outbox(email, Path(os.environ.get(OUTBOX_ENV) or DEFAULT_OUTBOX))
+        path = write_to_outbox(email, settings.email_outbox)
         logger.info("email %s written to %s", email["Message-ID"], path)
         return
     try:
@@ -203,7 +200,7 @@ def build_email(
         raise EmailRejected("subject and body must be strings")
     email = EmailMessage()
     try:
-        email["From"] = _address(sender or os.environ.get(SENDER_ENV) or DEFAULT_SENDER)
+        email["From"] = _address(sender or current().email_from)
         email["To"] = [_address(recipient) for recipient in recipients]
         if reply_to:
             email["Reply-To"] = _address(reply_to)

@@ -34,6 +34,7 @@ import dramatiq
 from PIL import Image, ImageOps
 
 from actors.outputs import replacing
+from jobkit.settings import current
 
 QUEUE = "images"
 #: Output format by ``dest`` suffix (lower-cased).
@@ -43,8 +44,6 @@ FITS = ("contain", "cover", "exact")
 MAX_SIDE = 10_000
 MAX_BYTES_ENV = "JOBKIT_IMAGE_MAX_BYTES"
 MAX_PIXELS_ENV = "JOBKIT_IMAGE_MAX_PIXELS"
-DEFAULT_MAX_BYTES = 50 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 50_000_000
 SAVE_OPTIONS: dict[str, dict[str, Any]] = {"JPEG": {"quality": 85}, "WEBP": {"quality": 85}}
 #: Modes every output format and resampling filter handle well ("P" and "1" resize with
 #: nearest-neighbour only, CMYK cannot be written as PNG, WebP or GIF).
@@ -75,26 +74,12 @@ class ImageNotReady(Exception):
 
 def max_bytes() -> int:
     """Largest source file accepted, in bytes (``JOBKIT_IMAGE_MAX_BYTES``, default 50 MiB)."""
-    return _env_limit(MAX_BYTES_ENV, DEFAULT_MAX_BYTES)
+    return current().image_max_bytes
 
 
 def max_pixels() -> int:
     """Most pixels (width x height) accepted, in or out (``JOBKIT_IMAGE_MAX_PIXELS``)."""
-    return _env_limit(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)
-
-
-def _env_limit(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        # A deployment mistake, not the image's fault: fails (and is retried) until fixed.
-        raise ValueError(f"{name}={raw!r} must be a positive whole number")
-    return value
+    return current().image_max_pixels
 
 
 def output_format(dest: str) -> str:

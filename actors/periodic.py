@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -34,11 +33,12 @@ from periodiq import cron
 
 from actors.outputs import write_atomically
 from brokers import queue_depths
-from brokers.dead_letters import Filters, dead_letter_store, has_store, iso_ms
+from brokers.dead_letter_store import Filters, dead_letter_store, has_store
+from jobkit.settings import current
+from middleware.dead_letters import iso_ms
 
 QUEUE = "periodic"
 REPORT_DIR_ENV = "JOBKIT_REPORT_DIR"
-DEFAULT_REPORT_DIR = ".jobkit/reports"
 
 logger = logging.getLogger("jobkit.periodic")
 events = structlog.get_logger("jobkit.periodic")
@@ -46,7 +46,7 @@ events = structlog.get_logger("jobkit.periodic")
 
 def schedule(actor_name: str, default: str) -> dict[str, Any]:
     """The ``periodic`` option for ``actor_name``: its cron line from the environment or default."""
-    line = os.environ.get(f"JOBKIT_CRON_{actor_name.upper()}", default).strip()
+    line = current().cron.get(actor_name.lower(), default)
     if line.lower() == "off":
         return {}
     return {"periodic": cron(line)}
@@ -103,7 +103,7 @@ def daily_summary(output_dir: str | None = None) -> str:
         },
         "queues": [depth.as_dict() for depth in queue_depths(broker)],
     }
-    directory = Path(output_dir or os.environ.get(REPORT_DIR_ENV) or DEFAULT_REPORT_DIR)
+    directory = Path(output_dir) if output_dir else current().report_dir
     path = directory / f"daily-{now:%Y-%m-%d}.json"
     write_atomically(path, json.dumps(summary, indent=2) + "\n")
     logger.info(

@@ -29,7 +29,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import re
 import ssl
 import threading
@@ -48,7 +47,7 @@ from dramatiq.errors import Retry
 
 from actors.outputs import write_atomically
 from actors.webhooks import retry_after_ms
-from brokers.urls import mask_url
+from jobkit.settings import current, mask_url
 
 QUEUE = "scraping"
 
@@ -57,10 +56,6 @@ MAX_BYTES_ENV = "JOBKIT_SCRAPE_MAX_BYTES"
 DIR_ENV = "JOBKIT_SCRAPE_DIR"
 RATE_LIMIT_ENV = "JOBKIT_SCRAPE_RATE_LIMIT"
 
-DEFAULT_USER_AGENT = "jobkit-scraper/1"
-DEFAULT_MAX_BYTES = 5_000_000
-DEFAULT_DIR = ".jobkit/scraped"
-DEFAULT_RATE_LIMIT = "1/s"
 
 MAX_REDIRECTS = 5
 #: Most links kept per page (the first ones, in page order).
@@ -87,35 +82,22 @@ class ScrapeUnavailable(Exception):
     """The site failed or could not be reached (5xx, 408, 429, timeout): retried."""
 
 
-class ScrapeConfigError(ValueError):
-    """A ``JOBKIT_SCRAPE_*`` setting is invalid."""
-
-
 # ---------------------------------------------------------------- settings
 
 
 def user_agent() -> str:
     """``JOBKIT_SCRAPE_USER_AGENT``: sent with every request and matched against robots.txt."""
-    return os.environ.get(USER_AGENT_ENV, "").strip() or DEFAULT_USER_AGENT
+    return current().scrape_user_agent
 
 
 def max_bytes() -> int:
     """``JOBKIT_SCRAPE_MAX_BYTES``: the largest (decompressed) page body read."""
-    raw = os.environ.get(MAX_BYTES_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_BYTES
-    try:
-        value = int(raw.replace("_", ""))
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ScrapeConfigError(f"{MAX_BYTES_ENV}={raw!r}: a number of bytes > 0 is expected")
-    return value
+    return current().scrape_max_bytes
 
 
 def scrape_dir() -> Path:
     """``JOBKIT_SCRAPE_DIR``: where results go by default (relative to the working directory)."""
-    return Path(os.environ.get(DIR_ENV, "").strip() or DEFAULT_DIR)
+    return current().scrape_dir
 
 
 def default_output(url: str) -> Path:
@@ -124,8 +106,7 @@ def default_output(url: str) -> Path:
 
 
 #: An actor option, so it is fixed when the actor is declared.
-RATE_LIMIT = os.environ.get(RATE_LIMIT_ENV, "").strip() or DEFAULT_RATE_LIMIT
-max_bytes()  # a bad setting stops the worker at start-up rather than failing every job
+RATE_LIMIT = current().scrape_rate_limit
 
 
 def host_key(args: tuple, kwargs: dict) -> str:
@@ -416,7 +397,7 @@ def write_json_atomically(path: Path, data: Any) -> None:
     max_retries=5,
     min_backoff=5_000,
     max_backoff=300_000,
-    throws=(ScrapeRejected, ScrapeConfigError),
+    throws=(ScrapeRejected,),
     time_limit=300_000,
     rate_limit=RATE_LIMIT,
     rate_limit_key=host_key,

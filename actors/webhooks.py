@@ -22,7 +22,7 @@ import dramatiq
 import httpx
 from dramatiq.errors import Retry
 
-from brokers.urls import mask_url
+from jobkit.settings import mask_url
 
 QUEUE = "webhooks"
 USER_AGENT = "jobkit-webhooks/1"

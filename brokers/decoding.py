@@ -9,17 +9,11 @@ Consumers use :func:`decode_message` so such bytes are dead-lettered as
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 from dramatiq import Message, get_encoder
 
-from jobkit.errors import BrokerConfigError, JobkitError
-
-from .signing import BadSignature, Signer
-
-MAX_BYTES_ENV = "JOBKIT_MAX_MESSAGE_BYTES"
-DEFAULT_MAX_BYTES = 1024 * 1024
+from jobkit.errors import JobkitError
+from middleware.message_guard import MAX_BYTES_ENV, MessageRules
+from middleware.signing import BadSignature
 
 #: Field -> the types a well-formed message has there (as JSON decodes them).
 _SHAPE: dict[str, tuple[type, ...]] = {
@@ -46,27 +40,6 @@ class OversizedMessage(UndecodableMessage):
 
 class ForgedMessage(UndecodableMessage):
     reason = "bad_signature"
-
-
-@dataclass(frozen=True)
-class MessageRules:
-    """What a message must be, at send and at consume: a size limit, and a signature."""
-
-    max_bytes: int = DEFAULT_MAX_BYTES
-    signer: Signer | None = None
-
-    @classmethod
-    def from_env(cls) -> MessageRules:
-        raw = os.environ.get(MAX_BYTES_ENV, "").strip()
-        try:
-            max_bytes = int(raw) if raw else DEFAULT_MAX_BYTES
-        except ValueError:
-            max_bytes = -1
-        if max_bytes < 0:
-            raise BrokerConfigError(
-                f"{MAX_BYTES_ENV}={raw!r}: a number of bytes is expected (0: no limit)"
-            )
-        return cls(max_bytes=max_bytes, signer=Signer.from_env())
 
 
 def decode_message(data: bytes | None, rules: MessageRules | None = None) -> Message:

@@ -10,23 +10,16 @@ dataclasses and datetimes, non-string keys, integers over 64 bits.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 import orjson
 from dramatiq import Message
 
-_FIELDS = tuple(field.name for field in dataclasses.fields(Message))
+from middleware.message_guard import message_fields
+
 _OPTIONS = (
     orjson.OPT_PASSTHROUGH_DATACLASS
     | orjson.OPT_PASSTHROUGH_DATETIME
     | orjson.OPT_PASSTHROUGH_SUBCLASS
 )
-
-
-def message_fields(message: Message) -> dict[str, Any]:
-    """``message.asdict()`` (the same dict, options not copied) without its per-call lookups."""
-    return {name: getattr(message, name) for name in _FIELDS}
 
 
 def encode_message(message: Message) -> bytes:

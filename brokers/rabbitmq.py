@@ -32,15 +32,15 @@ from dramatiq.common import current_millis, dq_name, q_name, xq_name
 from dramatiq.errors import BrokerConnectionError, ConnectionClosed
 
 from jobkit.errors import BrokerBlocked, BrokerConfigError, BrokerUnavailable, JobkitError
+from jobkit.settings import mask_url
 from middleware.priorities import DEFAULT_LEVEL, LEVEL_NUMBERS, PriorityConfig, message_level
 
 from .bulk import BulkSendError
-from .dead_letters import keep_failed, keep_undecodable
+from .dead_letter_store import keep_failed, keep_undecodable
 from .decoding import MessageRules, UndecodableMessage, decode_message
 from .encoding import encode_message
-from .hooks import CachedHooks
-from .stats import QueueDepth
-from .urls import mask_url
+from .hook_cache import CachedHooks
+from .queue_depth import QueueDepth
 
 # Applied unless the URL sets them. A publish with confirms waits for the
 # broker's ack; while RabbitMQ blocks publishers (memory or disk alarm) that
@@ -87,7 +87,7 @@ class DeadLetteringConsumer(_RabbitmqConsumer):
 
     Dramatiq nacks rejected and undecodable messages to the queue's ``.XQ``
     (via RabbitMQ's dead-letter exchange), without the reason; that stays the
-    fallback when the store (a Redis, see ``brokers.dead_letters``) cannot be
+    fallback when the store (a Redis, see ``brokers.dead_letter_store``) cannot be
     written.
     """
 

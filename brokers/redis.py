@@ -26,25 +26,21 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import compute_backoff, current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
 
-from jobkit.errors import BrokerConfigError, BrokerFull, BrokerUnavailable
+from jobkit.errors import BrokerFull, BrokerUnavailable
+from jobkit.settings import current, mask_url
 from middleware.priorities import LEVELS, PriorityConfig
 
 from .acks import AckBatcher
 from .bulk import BulkSendError, batches
-from .dead_letters import keep_failed, keep_undecodable
+from .dead_letter_store import keep_failed, keep_undecodable
 from .decoding import MessageRules, UndecodableMessage, decode_message
 from .encoding import encode_message
-from .hooks import CachedHooks
+from .hook_cache import CachedHooks
+from .queue_depth import QueueDepth
 from .redis_clients import redis_client
-from .stats import QueueDepth
-from .urls import mask_url
 
 logger = logging.getLogger("jobkit.brokers.redis")
 
-HEARTBEAT_TIMEOUT_ENV = "JOBKIT_HEARTBEAT_TIMEOUT_MS"
-#: Dramatiq's own default: a worker silent this long is dead and its jobs go back.
-DEFAULT_HEARTBEAT_TIMEOUT_MS = 60_000
-MIN_HEARTBEAT_TIMEOUT_MS = 1_000
 #: How often each worker process looks for dead workers (less when the timeout is short).
 SWEEP_INTERVAL_S = 5.0
 #: How long closing a consumer (or the broker) waits for its pending acks to go out.
@@ -284,7 +280,7 @@ class PriorityRedisConsumer(_RedisConsumer):
     Dramatiq's consumer raises on bytes that are not a message, which restarts
     the consumer and leaves the id in its unacked set for good; this one keeps
     such bytes as an ``undecodable`` dead letter and moves on. A rejected
-    message goes to jobkit's dead-letter store (``brokers.dead_letters``).
+    message goes to jobkit's dead-letter store (``brokers.dead_letter_store``).
 
     Nothing fetched stays in this live worker's unacked set unless a thread of
     it holds the message: a consumer closed after a connection error hands what
@@ -419,26 +415,19 @@ class PriorityRedisConsumer(_RedisConsumer):
         super().close()
 
 
-def heartbeat_timeout_ms() -> int:
-    """How long a silent worker counts as alive (``JOBKIT_HEARTBEAT_TIMEOUT_MS``)."""
-    raw = os.environ.get(HEARTBEAT_TIMEOUT_ENV, "").strip()
-    try:
-        value = int(raw) if raw else DEFAULT_HEARTBEAT_TIMEOUT_MS
-    except ValueError:
-        value = 0
-    if value < MIN_HEARTBEAT_TIMEOUT_MS:
-        raise BrokerConfigError(
-            f"{HEARTBEAT_TIMEOUT_ENV}={raw!r}: milliseconds, at least {MIN_HEARTBEAT_TIMEOUT_MS} "
-            "(a busy worker must not look dead)"
-        )
-    return value
-
-
 def build_redis_broker(
-    url: str, middleware: list[Middleware], priority_config: PriorityConfig
+    url: str,
+    middleware: list[Middleware],
+    priority_config: PriorityConfig,
+    *,
+    heartbeat_timeout_ms: int | None = None,
 ) -> PriorityRedisBroker:
-    """A priority-aware RedisBroker for ``url`` (redis://, rediss:// or unix://); lazy connect."""
-    timeout_ms = heartbeat_timeout_ms()
+    """A priority-aware RedisBroker for ``url`` (redis://, rediss:// or unix://); lazy connect.
+
+    A worker silent for ``heartbeat_timeout_ms`` (``JOBKIT_HEARTBEAT_TIMEOUT_MS``) is
+    presumed dead and its jobs go to others.
+    """
+    timeout_ms = heartbeat_timeout_ms or current().heartbeat_timeout_ms
     return PriorityRedisBroker(
         client=redis_client(url),
         namespace=NAMESPACE,

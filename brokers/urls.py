@@ -1,19 +1,20 @@
-"""Parse ``JOBKIT_BROKER_URL`` into a broker spec, and mask credentials for display."""
+"""Parse a broker URL (``JOBKIT_BROKER_URL``, ``--url``) into a broker spec."""
 
 from __future__ import annotations
 
-import os
-import re
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from dramatiq import Broker
+
 from jobkit.errors import BrokerConfigError
+from jobkit.settings import Settings, current, mask_url
 
 BROKER_URL_ENV = "JOBKIT_BROKER_URL"
 HOME_ENV = "JOBKIT_HOME"
-DEFAULT_HOME = ".jobkit"
 
 BrokerKind = Literal["redis", "rabbitmq", "embedded"]
 
@@ -45,29 +46,6 @@ class BrokerSpec:
         if self.kind == "embedded":
             return f"embedded://{self.home}"
         return mask_url(self.url)
-
-
-def mask_url(url: str) -> str:
-    """Return ``url`` with any password (in userinfo or query string) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return re.sub(r"//[^/@]*@", "//***@", url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostinfo = netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{hostinfo}" if ":" in userinfo else f"***@{hostinfo}"
-        if not user:
-            netloc = f":***@{hostinfo}"
-    query = re.sub(r"(?i)(password|passwd|pass|secret|token)=[^&]*", r"\1=***", parts.query)
-    # Not urlunsplit: it drops the "//" of an empty netloc (unix:///path).
-    text = f"{parts.scheme}://{netloc}{parts.path}"
-    if query:
-        text += f"?{query}"
-    if parts.fragment:
-        text += f"#{parts.fragment}"
-    return text
 
 
 def parse_broker_url(value: str | None, *, env: str = BROKER_URL_ENV) -> BrokerSpec:
@@ -120,9 +98,19 @@ def parse_broker_url(value: str | None, *, env: str = BROKER_URL_ENV) -> BrokerS
 
 
 def default_home() -> Path:
-    """The embedded server's data directory: ``$JOBKIT_HOME`` or ``./.jobkit``."""
-    return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser().resolve()
+    """The embedded server's data directory: ``JOBKIT_HOME`` (``./.jobkit``), made absolute."""
+    return current().home.expanduser().resolve()
 
 
-def spec_from_env() -> BrokerSpec:
-    return parse_broker_url(os.environ.get(BROKER_URL_ENV))
+def configured_spec(settings: Settings | None = None) -> BrokerSpec:
+    """The broker the settings name (``JOBKIT_BROKER_URL``; unset: embedded)."""
+    return parse_broker_url((settings or current()).broker_url)
+
+
+#: The spec each broker was built from (``build_broker`` fills it in).
+SPECS: weakref.WeakKeyDictionary[Broker, BrokerSpec] = weakref.WeakKeyDictionary()
+
+
+def spec_of(broker: Broker) -> BrokerSpec:
+    """The spec a broker was built from (raises ``KeyError`` for brokers not built here)."""
+    return SPECS[broker]

@@ -11,12 +11,13 @@ global broker once the module is imported.
 from __future__ import annotations
 
 import importlib
-import os
+from types import ModuleType
 
 import dramatiq
 from dramatiq import Broker
 
 from jobkit.errors import JobkitError
+from jobkit.settings import current
 
 APP_ENV = "JOBKIT_APP"
 DEFAULT_APP = "actors"
@@ -28,15 +29,15 @@ class AppNotFound(JobkitError, ImportError):
 
 def app_name(given: str | None = None) -> str:
     """``given`` (``--app``), else ``$JOBKIT_APP``, else ``actors``."""
-    return (given or os.environ.get(APP_ENV, "").strip() or DEFAULT_APP).strip()
+    return (given or current().app).strip()
 
 
-def load_app(given: str | None = None) -> Broker:
-    """Import the app and return its broker; :class:`AppNotFound` in one line if it cannot."""
+def import_app(given: str | None = None) -> ModuleType:
+    """Import the app's module (``--app`` without ``:broker``); :class:`AppNotFound` if missing."""
     name = app_name(given)
-    module_name, _, attribute = name.partition(":")
+    module_name = name.partition(":")[0]
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         if error.name is not None and module_name.startswith(error.name):
             raise AppNotFound(
@@ -45,6 +46,13 @@ def load_app(given: str | None = None) -> Broker:
                 "(run from the directory that holds it, or put it on PYTHONPATH)"
             ) from None
         raise
+
+
+def load_app(given: str | None = None) -> Broker:
+    """Import the app and return its broker; :class:`AppNotFound` in one line if it cannot."""
+    name = app_name(given)
+    module_name, _, attribute = name.partition(":")
+    module = import_app(name)
     if attribute:
         broker = getattr(module, attribute, None)
         if not isinstance(broker, Broker):

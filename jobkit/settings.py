@@ -674,19 +674,30 @@ _lock = threading.Lock()
 def current() -> Settings:
     """This process's settings, read from the environment once."""
     global _current
+    settings = _current
+    if settings is not None:
+        return settings
     with _lock:
         if _current is None:
             _current = load_settings()
         return _current
 
 
-def reload() -> Settings:
-    """Forget the settings read so far and read the environment again (for tests)."""
+def forget() -> None:
+    """Drop the settings read so far: the next :func:`current` reads the environment again.
+
+    For tests that change the environment, and for a front that sets variables for
+    itself before it loads the app (the demo).
+    """
     global _current
     with _lock:
         _current = None
-        _current = load_settings()
-        return _current
+
+
+def reload() -> Settings:
+    """Read the environment again now (:func:`forget`, then :func:`current`)."""
+    forget()
+    return current()
 
 
 # ---------------------------------------------------------------- the docs table

@@ -21,18 +21,18 @@ counted; workers say so in a WARNING at boot.
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
 import redis
 import structlog
-from dramatiq import Broker, Message, Middleware, Worker
+from dramatiq import Broker, Message, Worker
 from dramatiq.middleware import SkipMessage
 
-from jobkit.errors import BrokerConfigError, JobkitError
+from jobkit.errors import JobkitError
 
 from . import outcomes
+from .hooks import JobkitMiddleware
 
 logger = structlog.get_logger("jobkit.crash_loops")
 
@@ -50,30 +50,22 @@ class CrashLoop(JobkitError, SkipMessage):
     reason = CRASH_LOOP
 
 
-def max_crashes() -> int:
-    raw = os.environ.get(MAX_CRASHES_ENV, "").strip()
-    try:
-        value = int(raw) if raw else DEFAULT_MAX_CRASHES
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise BrokerConfigError(f"{MAX_CRASHES_ENV}={raw!r}: a number of crashes >= 1 is expected")
-    return value
-
-
-class CrashLoops(Middleware):
+class CrashLoops(JobkitMiddleware):
     """Counts starts of redelivered jobs; dead-letters a job that keeps killing workers."""
 
-    def __init__(self, limit: int | None = None) -> None:
-        self.limit = limit or max_crashes()
+    def __init__(self, limit: int = DEFAULT_MAX_CRASHES) -> None:
+        #: Deaths with the job running before it is dead-lettered (``JOBKIT_MAX_CRASHES``).
+        self.limit = limit
         self.client: redis.Redis | None = None
         self.no_store_reason = "no Redis is configured for jobkit state"
         #: Message ids whose count this process raised and must clear when they end.
         self._counted: set[str] = set()
         self._lock = threading.Lock()
 
-    def use_store(self, client: redis.Redis | None, no_store_reason: str = "") -> None:
-        """Where counts live (set by ``brokers.build_broker``); ``None`` turns counting off."""
+    def after_state_store(
+        self, broker: Broker, client: redis.Redis | None, no_store_reason: str
+    ) -> None:
+        """Where counts live (``build_broker`` emits this); ``None`` turns counting off."""
         self.client = client
         if no_store_reason:
             self.no_store_reason = no_store_reason

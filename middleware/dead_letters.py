@@ -2,7 +2,7 @@
 
 ``before_nack`` describes the failure (reason, exception, traceback, attempts,
 the message as sent) on the message; the broker's consumer stores that record
-in the dead-letter store (``brokers.dead_letters``) and removes the message
+in the dead-letter store (``brokers.dead_letter_store``) and removes the message
 from its queue; then ``after_dead_letter`` runs the ``on_dead_letter`` hooks.
 Bytes that are not a message never reach middleware: the consumer stores them
 as ``undecodable`` and calls ``after_dead_letter`` too.
@@ -21,6 +21,7 @@ record, without arguments or raw bytes, as a JSON POST). The ERROR log event
 
 from __future__ import annotations
 
+import base64
 import importlib
 import json
 import logging
@@ -28,18 +29,22 @@ import os
 import queue
 import socket
 import threading
+import time
 import traceback
 import urllib.request
 from collections.abc import Callable
 from typing import Any
+from uuid import uuid4
 
-from dramatiq import Broker, Message, Middleware
+import redis
+from dramatiq import Broker, Message
+from dramatiq.common import q_name
 
-from brokers.dead_letters import iso_ms, message_as_sent, new_record
-from brokers.urls import mask_url
 from jobkit.errors import BrokerConfigError
+from jobkit.settings import mask_url
 
 from . import outcomes
+from .hooks import JobkitMiddleware
 
 TRACEBACK_ENV = "JOBKIT_DEAD_LETTER_TRACEBACK"
 HOOK_ENV = "JOBKIT_DEAD_LETTER_HOOK"
@@ -54,6 +59,61 @@ HOST = socket.gethostname()
 logger = logging.getLogger("jobkit.dead_letters")
 
 Hook = Callable[[dict[str, Any]], Any]
+
+#: Options that describe one delivery, not the job: dropped when a job is kept and replayed.
+DELIVERY_OPTIONS = frozenset(
+    {
+        "retries",
+        "traceback",
+        "requeue_timestamp",
+        "redis_message_id",
+        "eta",
+        "enqueued_at",
+        "broker_priority",
+        "rate_limit_deferrals",
+        "rate_limited_since",
+        "rate_limit_slot",
+        "replayed_from",
+    }
+)
+
+
+def iso_ms(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+def message_as_sent(message: Message) -> dict[str, Any]:
+    """The message's fields without what its deliveries added (retry count, ids, etas)."""
+    fields = message.asdict()
+    fields["args"] = list(fields["args"])
+    fields["options"] = {k: v for k, v in fields["options"].items() if k not in DELIVERY_OPTIONS}
+    fields["queue_name"] = q_name(fields["queue_name"])
+    return fields
+
+
+def raw_fields(raw: bytes) -> dict[str, Any]:
+    """Bytes that are not a message, kept as text when they are UTF-8, else base64."""
+    try:
+        return {"raw": raw.decode("utf-8"), "raw_encoding": "utf-8"}
+    except UnicodeDecodeError:
+        return {"raw": base64.b64encode(raw).decode("ascii"), "raw_encoding": "base64"}
+
+
+def new_record(
+    *, queue: str, reason: str, dead_letter_id: str | None = None, **fields: Any
+) -> dict[str, Any]:
+    """A record with the common fields filled in (``failed_at`` is now)."""
+    now_ms = int(time.time() * 1000)
+    return {
+        "id": dead_letter_id or str(uuid4()),
+        "queue": q_name(queue),
+        "reason": reason,
+        "failed_at": iso_ms(now_ms),
+        "failed_at_ms": now_ms,
+        **fields,
+    }
 
 
 def _tail(text: str | None, limit: int) -> str | None:
@@ -91,8 +151,6 @@ def describe_failure(
 
 def describe_undecodable(queue_name: str, raw: bytes, error: Exception) -> dict[str, Any]:
     """A record for bytes that are not a job to run (malformed, oversized, forged)."""
-    from brokers.dead_letters import raw_fields
-
     kept = raw[:MAX_RAW_KEPT]
     return new_record(
         queue=queue_name,
@@ -187,35 +245,38 @@ class WebhookSender:
                 self._queue.task_done()
 
 
-class DeadLetters(Middleware):
+class DeadLetters(JobkitMiddleware):
     """Describes each rejected message for the store, then runs the ``on_dead_letter`` hooks."""
 
     def __init__(
         self,
         on_dead_letter: Hook | None = None,
         *,
-        traceback_chars: int | None = None,
-        webhook_url: str | None = None,
+        traceback_chars: int = DEFAULT_TRACEBACK_CHARS,
+        hook: str = "",
+        webhook_url: str = "",
     ) -> None:
-        raw_chars = os.environ.get(TRACEBACK_ENV, "").strip()
-        if traceback_chars is None and raw_chars and not raw_chars.isdigit():
-            raise BrokerConfigError(f"{TRACEBACK_ENV}={raw_chars!r} is not a number of characters")
-        self.traceback_chars = traceback_chars or int(raw_chars or DEFAULT_TRACEBACK_CHARS)
+        """``hook`` (``JOBKIT_DEAD_LETTER_HOOK``) names a ``module:function`` called like
+        ``on_dead_letter``; ``webhook_url`` (``JOBKIT_DEAD_LETTER_WEBHOOK``) gets each record."""
+        self.traceback_chars = traceback_chars
         hooks: list[Hook] = []
         if on_dead_letter is not None:
             hooks.append(on_dead_letter)
-        if spec := os.environ.get(HOOK_ENV, "").strip():
-            hooks.append(load_hook(spec))
-        url = webhook_url or os.environ.get(WEBHOOK_ENV, "").strip()
-        self.webhook = WebhookSender(url) if url else None
+        if hook:
+            hooks.append(load_hook(hook))
+        self.webhook = WebhookSender(webhook_url) if webhook_url else None
         if self.webhook is not None:
             hooks.append(self.webhook.send)
         self.hooks = hooks
+        self.has_store = False
+
+    def after_state_store(
+        self, broker: Broker, client: redis.Redis | None, no_store_reason: str
+    ) -> None:
+        self.has_store = client is not None
 
     def after_worker_boot(self, broker: Broker, worker: Any) -> None:
-        from brokers.dead_letters import has_store
-
-        if not has_store(broker):
+        if not self.has_store:
             logger.warning(
                 "dead letters: no store (set JOBKIT_STATE_URL to a Redis URL); failed jobs go "
                 "to the broker's <queue>.XQ without their reason, and jobkit dead-letters "

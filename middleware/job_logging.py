@@ -31,19 +31,20 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from dramatiq import Broker, Message, Middleware
+from dramatiq import Broker, Message
 
 from jobkit.errors import BrokerConfigError
+from jobkit.settings import current
 
 from . import outcomes
 from .dead_letters import dead_letter_of
 from .deliveries import ATTEMPTS, Attempt, job_fields, unwrap
+from .hooks import JobkitMiddleware
 from .job_lines import STARTED, SUCCEEDED, JobLines, utc_timestamp
 from .job_lines import dumps as _dumps
 from .redaction import Redactor, escape_control
 
 FORMAT_ENV = "JOBKIT_LOG_FORMAT"
-LEVEL_ENV = "JOBKIT_LOG_LEVEL"
 FORMATS = ("json", "console")
 MAX_FIELD = 16_384
 HOST = socket.gethostname()
@@ -169,7 +170,8 @@ def _configure_structlog(*, force: bool = False) -> None:
 
 
 def resolve_format(fmt: str | None = None) -> str:
-    fmt = (fmt or os.environ.get(FORMAT_ENV) or "").strip().lower()
+    """``fmt``, else ``JOBKIT_LOG_FORMAT``, else console on a terminal and JSON elsewhere."""
+    fmt = (fmt or current().log_format).strip().lower()
     if not fmt:
         return "console" if sys.stderr.isatty() else "json"
     if fmt not in FORMATS:
@@ -213,7 +215,7 @@ def configure_logging(fmt: str | None = None, *, force: bool = False) -> str:
             handler.setFormatter(formatter)
             if not any(isinstance(f, SafeRecords) for f in handler.filters):
                 handler.addFilter(SafeRecords())
-        level = os.environ.get(LEVEL_ENV, "").strip().upper()
+        level = current().log_level
         if level:
             root.setLevel(level)
         elif root.level == logging.NOTSET or root.level > logging.INFO:
@@ -525,12 +527,12 @@ def _ms(seconds: float | None) -> float | None:
     return round(seconds * 1000, 2) if seconds is not None else None
 
 
-class JobLogging(Middleware):
+class JobLogging(JobkitMiddleware):
     """Logs each job lifecycle step as one structured event."""
 
     def __init__(self, redactor: Redactor | None = None) -> None:
         _configure_structlog()
-        self.redactor = redactor or Redactor.from_env()
+        self.redactor = redactor or Redactor()
         self._stdlib_log = structlog.get_logger("jobkit.jobs")
         self._attempts = ATTEMPTS
 

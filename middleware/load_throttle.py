@@ -1,6 +1,6 @@
 """Load-aware throttling: stop starting new jobs while the host is overloaded.
 
-Configured from the environment (off unless a threshold is set):
+Configured by the settings (off unless a threshold is set):
 
 - ``JOBKIT_THROTTLE_LOAD``: highest 1-minute load average per CPU core, e.g. ``2.0``;
 - ``JOBKIT_THROTTLE_MEMORY``: highest share of memory in use, in percent, e.g. ``90``;
@@ -25,6 +25,7 @@ from typing import Any
 from dramatiq import Broker, Middleware, Worker
 
 from jobkit.errors import BrokerConfigError
+from jobkit.settings import Settings
 
 logger = logging.getLogger("jobkit.load_throttle")
 
@@ -55,19 +56,6 @@ def read_host_load() -> HostLoad:
     return HostLoad(load_per_core=load, memory_percent=memory)
 
 
-def _threshold(name: str) -> float | None:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise BrokerConfigError(f"{name}={text!r} must be a positive number")
-    return value
-
-
 class LoadThrottle(Middleware):
     """Pauses job starts while :func:`read_host_load` (or an injected source) is over a limit."""
 
@@ -78,24 +66,28 @@ class LoadThrottle(Middleware):
         max_memory_percent: float | None = None,
         interval_ms: int = 1000,
         load_source: Callable[[], HostLoad] = read_host_load,
+        keep_alive: Callable[[Broker], None] | None = None,
     ) -> None:
         self.max_load = max_load_per_core
         self.max_memory = max_memory_percent
         self.interval_ms = interval_ms
         self.load_source = load_source
+        #: Shows the broker this worker is alive while paused (``brokers.keep_alive``).
+        self.keep_alive = keep_alive
         self.paused = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_env(cls) -> LoadThrottle:
-        interval = os.environ.get(INTERVAL_ENV, "").strip() or "1000"
-        if not interval.isdigit() or int(interval) < 10:
-            raise BrokerConfigError(f"{INTERVAL_ENV}={interval!r} must be a whole number >= 10")
+    def from_settings(
+        cls, settings: Settings, *, keep_alive: Callable[[Broker], None] | None = None
+    ) -> LoadThrottle:
+        """``JOBKIT_THROTTLE_LOAD``, ``JOBKIT_THROTTLE_MEMORY``, ``JOBKIT_THROTTLE_INTERVAL_MS``."""
         return cls(
-            max_load_per_core=_threshold(LOAD_ENV),
-            max_memory_percent=_threshold(MEMORY_ENV),
-            interval_ms=int(interval),
+            max_load_per_core=settings.throttle_load,
+            max_memory_percent=settings.throttle_memory,
+            interval_ms=settings.throttle_interval_ms,
+            keep_alive=keep_alive,
         )
 
     @property
@@ -127,8 +119,6 @@ class LoadThrottle(Middleware):
         return reasons
 
     def _watch(self, broker: Broker, work_queue: Any) -> None:
-        from brokers import keep_alive
-
         while not self._stop.wait(self.interval_ms / 1000):
             try:
                 load = self.load_source()
@@ -143,12 +133,8 @@ class LoadThrottle(Middleware):
                 self.paused = False
                 work_queue.resume()
                 logger.info("host load back to normal: starting jobs again")
-            if self.paused:
-                _keep_alive(keep_alive, broker)
-
-
-def _keep_alive(keep_alive: Any, broker: Broker) -> None:
-    try:
-        keep_alive(broker)
-    except Exception:  # noqa: BLE001
-        logger.debug("keep-alive failed", exc_info=True)
+            if self.paused and self.keep_alive is not None:
+                try:
+                    self.keep_alive(broker)
+                except Exception:  # noqa: BLE001 - the next round tries again
+                    logger.debug("keep-alive failed", exc_info=True)

@@ -8,20 +8,28 @@
   path, a URL, a row id) instead of the data. Consumers apply the same limit
   to what they fetch, and dead-letter a larger one as ``too_large``.
 - **Signature.** With ``JOBKIT_SIGNING_KEY``, each message is signed here and
-  checked by consumers (``brokers.signing``).
+  checked by consumers (``middleware.signing``, ``brokers.decoding``).
 """
 
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from dramatiq import Broker, Message, Middleware, get_encoder
 from dramatiq.encoder import JSONEncoder
 from dramatiq.middleware import MiddlewareError
 
-from brokers.decoding import MAX_BYTES_ENV, MessageRules
-from brokers.encoding import message_fields
-from brokers.signing import SIGNATURE
 from jobkit.errors import BrokerConfigError, JobkitError
+from jobkit.settings import Settings
+
+from .signing import SIGNATURE, Signer
+
+MAX_BYTES_ENV = "JOBKIT_MAX_MESSAGE_BYTES"
+DEFAULT_MAX_BYTES = 1024 * 1024
+_FIELDS = tuple(field.name for field in dataclasses.fields(Message))
 
 
 class MessageTooLarge(JobkitError, MiddlewareError, ValueError):
@@ -43,11 +51,31 @@ def check_encoder() -> None:
         )
 
 
+@dataclass(frozen=True)
+class MessageRules:
+    """What a message must be, at send and at consume: a size limit, and a signature."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    signer: Signer | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MessageRules:
+        """``JOBKIT_MAX_MESSAGE_BYTES`` and ``JOBKIT_SIGNING_KEY``."""
+        keys = settings.signing_key
+        signer = Signer([key.encode() for key in keys]) if keys else None
+        return cls(max_bytes=settings.max_message_bytes, signer=signer)
+
+
+def message_fields(message: Message) -> dict[str, Any]:
+    """``message.asdict()`` (the same dict, options not copied) without its per-call lookups."""
+    return {name: getattr(message, name) for name in _FIELDS}
+
+
 class MessageGuard(Middleware):
     """Enforces :class:`MessageRules` on every message sent (``before_enqueue``)."""
 
     def __init__(self, rules: MessageRules | None = None) -> None:
-        self.rules = rules or MessageRules.from_env()
+        self.rules = rules or MessageRules()
 
     def before_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
         encoder = get_encoder()

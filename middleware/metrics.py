@@ -2,8 +2,9 @@
 
 Worker processes write their metrics in prometheus-client's multiprocess mode to
 ``$JOBKIT_METRICS_DIR/<pid of the dramatiq main process>``; one exporter process
-(a Dramatiq "fork") serves their sum, plus queue depths read from the broker at
-scrape time, on ``JOBKIT_METRICS_HOST:JOBKIT_METRICS_PORT`` (127.0.0.1:9191).
+(a Dramatiq "fork", ``brokers.metrics_exporter``) serves their sum, plus queue
+depths read from the broker at scrape time, on
+``JOBKIT_METRICS_HOST:JOBKIT_METRICS_PORT`` (127.0.0.1:9191).
 
 Settings: ``JOBKIT_METRICS`` (``on``; ``off`` disables), ``JOBKIT_METRICS_HOST``,
 ``JOBKIT_METRICS_PORT``, ``JOBKIT_METRICS_DIR`` (``/tmp/jobkit-metrics-<uid>``).
@@ -14,24 +15,21 @@ changes once a second (``metric_tally``), so a scrape trails them by up to 1 s.
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import json
 import logging
 import math
 import os
-import shutil
-import tempfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dramatiq import Broker, Message, Middleware, Worker
+from dramatiq import Broker, Message, Worker
 
-from brokers.processes import pid_alive
+from jobkit.settings import current
 
 from . import outcomes
 from .deliveries import ATTEMPTS
+from .hooks import JobkitMiddleware
 from .metric_tally import Tally
 
 ENABLED_ENV = "JOBKIT_METRICS"
@@ -45,27 +43,26 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 logger = logging.getLogger("jobkit.metrics")
 
 
-def enabled() -> bool:
-    return os.environ.get(ENABLED_ENV, "on").strip().lower() not in ("0", "off", "false", "no")
-
-
 def address() -> tuple[str, int]:
-    return os.environ.get(HOST_ENV) or DEFAULT_HOST, int(os.environ.get(PORT_ENV) or DEFAULT_PORT)
+    """Where the exporter listens (``JOBKIT_METRICS_HOST``, ``JOBKIT_METRICS_PORT``)."""
+    settings = current()
+    return settings.metrics_host, settings.metrics_port
 
 
 def group_dir(group: int | None = None) -> Path:
     """This worker group's multiprocess directory (the group is the dramatiq main process)."""
-    base = Path(
-        os.environ.get(DIR_ENV) or Path(tempfile.gettempdir()) / f"jobkit-metrics-{os.getuid()}"
-    )
-    return base / str(group if group is not None else os.getppid())
+    return current().metrics_dir / str(group if group is not None else os.getppid())
 
 
-class Metrics(Middleware):
+class Metrics(JobkitMiddleware):
     """Counts jobs by outcome, times them, and exposes it all through one exporter fork."""
 
-    def __init__(self) -> None:
-        self.on = enabled()
+    def __init__(self, *, on: bool = True, exporter: Callable[[], int] | None = None) -> None:
+        #: ``JOBKIT_METRICS``: off, no metrics are kept and no exporter runs.
+        self.on = on
+        #: The exporter's entry point, a module-level function the dramatiq CLI runs as a
+        #: fork (``brokers.metrics_exporter.serve_metrics``); none, no endpoint.
+        self.exporter = exporter
         self._m: dict[str, Any] = {}
         #: Per worker thread, the running attempt (timed once, shared with JobLogging,
         #: which forgets it at the ack or nack). The in-flight gauge counts them at each flush.
@@ -80,7 +77,7 @@ class Metrics(Middleware):
 
     @property
     def forks(self) -> list[Any]:
-        return [serve_metrics] if self.on else []
+        return [self.exporter] if self.on and self.exporter is not None else []
 
     def after_process_boot(self, broker: Broker) -> None:
         if not self.on:
@@ -203,116 +200,3 @@ class Metrics(Middleware):
 
             self._tally.stop()
             multiprocess.mark_process_dead(os.getpid())
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def serve_metrics() -> int:
-    """The exporter (run by the dramatiq CLI as a fork): multiprocess sum plus queue depths."""
-    from middleware.job_logging import configure_logging
-
-    if os.environ.get("JOBKIT_LOG_FORMAT"):
-        configure_logging()
-    directory = group_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    _remove_stale_groups(directory.parent)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
-    import prometheus_client as prom
-    from prometheus_client import multiprocess
-
-    registry = prom.CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=str(directory))
-    registry.register(QueueDepthCollector(directory))
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            if self.path.split("?")[0] not in ("/", "/metrics"):
-                self.send_error(404)
-                return
-            output = prom.generate_latest(registry)
-            self.send_response(200)
-            self.send_header("Content-Type", prom.CONTENT_TYPE_LATEST)
-            self.end_headers()
-            self.wfile.write(output)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    host, port = address()
-    if not _is_loopback(host):
-        logger.warning(
-            "metrics: the exporter listens on %s:%d, beyond this host: anyone who reaches it "
-            "sees actor and queue names and job counts; keep JOBKIT_METRICS_HOST=127.0.0.1 "
-            "and scrape through a proxy or a private network",
-            host,
-            port,
-        )
-    try:
-        server = ThreadingHTTPServer((host, port), Handler)
-    except OSError as error:
-        logger.error(
-            "metrics: cannot listen on %s:%d (%s); another worker group on this host may serve "
-            "there: set JOBKIT_METRICS_PORT to a free port (workers keep running)",
-            host,
-            port,
-            error.strerror or error,
-        )
-        return 0
-    logger.info("metrics: serving on http://%s:%d/metrics", host, port)
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
-    return 0
-
-
-def _remove_stale_groups(base: Path) -> None:
-    """Drop the directories of worker groups whose main process is gone."""
-    for entry in base.iterdir():
-        if entry.name.isdigit() and not pid_alive(int(entry.name)):
-            shutil.rmtree(entry, ignore_errors=True)
-
-
-class QueueDepthCollector:
-    """Reads depths of the workers' queues from the broker when Prometheus scrapes."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._broker: Any = None
-
-    def collect(self) -> Any:
-        from prometheus_client.core import GaugeMetricFamily
-
-        depth = GaugeMetricFamily(
-            "jobkit_queue_depth",
-            "Messages per queue and state (ready per priority level where the broker can tell)",
-            labels=("queue", "state", "level"),
-        )
-        try:
-            for queue in self._depths():
-                levels = queue.levels or {"all": queue.ready}
-                for level, count in levels.items():
-                    depth.add_metric((queue.queue, "ready", level), count)
-                depth.add_metric((queue.queue, "delayed", "all"), queue.delayed)
-                depth.add_metric((queue.queue, "dead_lettered", "all"), queue.dead_lettered)
-        except Exception as error:  # noqa: BLE001 - a scrape must not fail on a broker hiccup
-            logger.warning("metrics: could not read queue depths: %s", error)
-        yield depth
-
-    def _depths(self) -> list[Any]:
-        from brokers import build_broker, queue_depths
-
-        if self._broker is None:
-            # The exporter is forked before any app is imported: a broker from the
-            # environment reads the same queues, whatever module declares the jobs.
-            self._broker = build_broker()
-        queues: set[str] = set()
-        for listing in self.directory.glob("queues-*.json"):
-            with contextlib.suppress(OSError, ValueError):
-                queues.update(json.loads(listing.read_text()))
-        return queue_depths(self._broker, queues)

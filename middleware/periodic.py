@@ -27,19 +27,19 @@ periodiq itself skips a tick older than ``JOBKIT_PERIODIC_SKIP_DELAY`` seconds
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
 import structlog
-from dramatiq import Broker, Message, Middleware, Worker
+from dramatiq import Broker, Message, Worker
 from dramatiq.middleware import SkipMessage
 from periodiq import PeriodiqMiddleware
 
+from .hooks import JobkitMiddleware
+
 logger = structlog.get_logger("jobkit.periodic")
 
-SKIP_DELAY_ENV = "JOBKIT_PERIODIC_SKIP_DELAY"
 DEFAULT_SKIP_DELAY_S = 30
 KEY_PREFIX = "jobkit:periodic"
 #: How long a tick's winner is remembered: far past any skip delay, so a late
@@ -47,9 +47,11 @@ KEY_PREFIX = "jobkit:periodic"
 LOCK_TTL_S = 3600
 
 
-def periodiq_middleware() -> PeriodiqMiddleware:
-    """periodiq's own middleware (declares the ``periodic`` option, drops stale ticks)."""
-    skip_delay = int(os.environ.get(SKIP_DELAY_ENV) or DEFAULT_SKIP_DELAY_S)
+def periodiq_middleware(skip_delay: int = DEFAULT_SKIP_DELAY_S) -> PeriodiqMiddleware:
+    """periodiq's own middleware (declares the ``periodic`` option, drops stale ticks).
+
+    A tick older than ``skip_delay`` seconds (``JOBKIT_PERIODIC_SKIP_DELAY``) is dropped.
+    """
     return PeriodiqMiddleware(skip_delay=skip_delay)
 
 
@@ -65,7 +67,7 @@ class DuplicateTick(SkipMessage):
     """Another message of the same periodic tick already ran (or is running)."""
 
 
-class PeriodicTicks(Middleware):
+class PeriodicTicks(JobkitMiddleware):
     """Lets one message per periodic actor and tick run (see the module docstring)."""
 
     def __init__(self) -> None:
@@ -73,8 +75,10 @@ class PeriodicTicks(Middleware):
         self.no_store_reason = "no Redis is configured for jobkit state"
         self._periodic: set[str] = set()
 
-    def use_store(self, client: redis.Redis | None, no_store_reason: str = "") -> None:
-        """Where tick locks live (set by ``brokers.build_broker``); ``None`` turns them off."""
+    def after_state_store(
+        self, broker: Broker, client: redis.Redis | None, no_store_reason: str
+    ) -> None:
+        """Where tick locks live (``build_broker`` emits this); ``None`` turns them off."""
         self.client = client
         if no_store_reason:
             self.no_store_reason = no_store_reason

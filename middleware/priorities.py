@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import os
 import time
 from dataclasses import dataclass, field
 from queue import Empty, PriorityQueue
@@ -29,12 +28,15 @@ from typing import Any, Literal
 from dramatiq import Broker, Message, Middleware, Worker
 from dramatiq.middleware import MiddlewareError
 
-from jobkit.errors import BrokerConfigError, JobkitError
+from jobkit.errors import JobkitError
+from jobkit.settings import DEFAULT_WEIGHTS as SETTINGS_WEIGHTS
+from jobkit.settings import LEVELS as SETTINGS_LEVELS
+from jobkit.settings import Settings
 
 from .deliveries import unwrap
 
 #: Levels, most urgent first.
-LEVELS: tuple[str, ...] = ("critical", "high", "normal", "low")
+LEVELS: tuple[str, ...] = SETTINGS_LEVELS
 DEFAULT_LEVEL = "normal"
 #: A level's number: higher runs sooner (it is also the AMQP message priority).
 LEVEL_NUMBERS: dict[str, int] = {"critical": 3, "high": 2, "normal": 1, "low": 0}
@@ -43,9 +45,7 @@ LEVEL_OF_NUMBER: dict[int, str] = {number: level for level, number in LEVEL_NUMB
 #: Rank inside the worker: lower runs sooner.
 LEVEL_RANKS: dict[str, int] = {level: rank for rank, level in enumerate(LEVELS)}
 
-MODE_ENV = "JOBKIT_PRIORITY_MODE"
-WEIGHTS_ENV = "JOBKIT_PRIORITY_WEIGHTS"
-DEFAULT_WEIGHTS: dict[str, int] = {"critical": 8, "high": 4, "normal": 2, "low": 1}
+DEFAULT_WEIGHTS: dict[str, int] = dict(SETTINGS_WEIGHTS)
 
 PriorityMode = Literal["strict", "weighted"]
 
@@ -101,36 +101,15 @@ class PriorityConfig:
     weights: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
 
     @classmethod
-    def from_env(cls) -> PriorityConfig:
-        mode = (os.environ.get(MODE_ENV) or "strict").strip().lower()
-        if mode not in ("strict", "weighted"):
-            raise BrokerConfigError(
-                f"{MODE_ENV}={mode!r} is not a priority mode; use strict (default) or weighted"
-            )
-        return cls(mode=mode, weights=parse_weights(os.environ.get(WEIGHTS_ENV)))  # type: ignore[arg-type]
+    def from_settings(cls, settings: Settings) -> PriorityConfig:
+        """``JOBKIT_PRIORITY_MODE`` and ``JOBKIT_PRIORITY_WEIGHTS``, checked by the settings."""
+        return cls(mode=settings.priority_mode, weights=dict(settings.priority_weights))
 
     def share(self, level: str, busy: tuple[str, ...]) -> float:
         """Expected share of fetches for ``level`` while exactly the ``busy`` levels have jobs."""
         if self.mode == "strict":
             return 1.0 if level == next(lvl for lvl in LEVELS if lvl in busy) else 0.0
         return self.weights[level] / sum(self.weights[lvl] for lvl in busy)
-
-
-def parse_weights(text: str | None) -> dict[str, int]:
-    """``"critical=8,high=4,normal=2,low=1"`` -> weights; unset levels keep their default."""
-    weights = dict(DEFAULT_WEIGHTS)
-    if not text or not text.strip():
-        return weights
-    for part in text.split(","):
-        name, _, number = part.partition("=")
-        name = name.strip().lower()
-        if name not in weights or not number.strip().isdigit() or int(number) < 1:
-            raise BrokerConfigError(
-                f"{WEIGHTS_ENV}={text!r}: write level=weight pairs with positive integer "
-                f"weights, e.g. critical=8,high=4,normal=2,low=1 (levels: {', '.join(LEVELS)})"
-            )
-        weights[name] = int(number)
-    return weights
 
 
 class Priorities(Middleware):

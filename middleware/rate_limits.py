@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 import random
 import re
 import threading
@@ -41,13 +40,14 @@ from typing import Any
 
 import redis
 import structlog
-from dramatiq import Broker, Message, Middleware, Worker
+from dramatiq import Broker, Message, Worker
 from dramatiq.middleware import MiddlewareError, SkipMessage
 
 from jobkit.errors import JobkitError
 
 from . import outcomes
 from .deliveries import CurrentDelivery
+from .hooks import JobkitMiddleware
 from .rate_limit_store import Ask, Outcome, RedisLimitStore
 
 logger = structlog.get_logger("jobkit.rate_limits")
@@ -195,11 +195,12 @@ _QUIET_SKIPS = _QuietSkips()
 logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_QUIET_SKIPS)
 
 
-class RateLimits(Middleware):
+class RateLimits(JobkitMiddleware):
     """Enforces ``rate_limit`` / ``concurrency_limit`` before each job, without burning retries."""
 
-    def __init__(self, lease_ms: int | None = None) -> None:
-        self.lease_ms = lease_ms or int(os.environ.get(LEASE_ENV) or DEFAULT_LEASE_MS)
+    def __init__(self, lease_ms: int = DEFAULT_LEASE_MS) -> None:
+        #: How long a concurrency slot is held without renewal (``JOBKIT_CONCURRENCY_LEASE_MS``).
+        self.lease_ms = lease_ms
         self.store: RedisLimitStore | None = None
         self.no_store_reason = "no Redis is configured for rate-limit state"
         self._limits: dict[str, ActorLimits | None] = {}
@@ -223,8 +224,10 @@ class RateLimits(Middleware):
             "rate_limit_max_wait",
         }
 
-    def use_store(self, client: redis.Redis | None, no_store_reason: str = "") -> None:
-        """Where limit state lives (set by ``brokers.build_broker``); ``None`` forbids limits."""
+    def after_state_store(
+        self, broker: Broker, client: redis.Redis | None, no_store_reason: str
+    ) -> None:
+        """Where limit state lives (``build_broker`` emits this); ``None`` forbids limits."""
         self.store = RedisLimitStore(client) if client is not None else None
         if self.store is not None:
             self._without_store.clear()

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-REDACT_ENV = "JOBKIT_LOG_REDACT"
-MAX_VALUE_ENV = "JOBKIT_LOG_MAX_VALUE"
-DEFAULT_REDACT = (
-    "password,passwd,pwd,secret,token,authorization,auth,api_key,apikey,access_key,"
-    "private_key,credential,cookie,session,signature"
-)
+from jobkit.settings import DEFAULT_REDACT, Settings
+
 DEFAULT_MAX_VALUE = 200
 REDACTED = "[redacted]"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
@@ -34,17 +29,13 @@ def escape_control(text: str) -> str:
 class Redactor:
     """Which argument names are secret (substring match, any case) and how long a value may be."""
 
-    names: tuple[str, ...] = field(default_factory=lambda: tuple(DEFAULT_REDACT.split(",")))
+    names: tuple[str, ...] = tuple(DEFAULT_REDACT.split(","))
     max_value: int = DEFAULT_MAX_VALUE
 
     @classmethod
-    def from_env(cls) -> Redactor:
-        names = os.environ.get(REDACT_ENV) or DEFAULT_REDACT
-        max_value = os.environ.get(MAX_VALUE_ENV, "").strip()
-        return cls(
-            names=tuple(n.strip().lower() for n in names.split(",") if n.strip()),
-            max_value=int(max_value) if max_value.isdigit() else DEFAULT_MAX_VALUE,
-        )
+    def from_settings(cls, settings: Settings) -> Redactor:
+        """``JOBKIT_LOG_REDACT`` and ``JOBKIT_LOG_MAX_VALUE``."""
+        return cls(names=settings.log_redact, max_value=settings.log_max_value)
 
     def is_secret(self, name: str) -> bool:
         lowered = name.lower()

@@ -14,11 +14,12 @@ decides what becomes an event:
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from dramatiq import Broker, Message, Middleware
 from dramatiq.errors import Retry
+
+from jobkit.settings import Settings
 
 from . import outcomes
 from .deliveries import CurrentDelivery, unwrap
@@ -37,25 +38,23 @@ QUIET_LOGGERS = (
 )
 
 _initialised = False
+#: JOBKIT_SENTRY_SEND_ARGS, as sentry-sdk was initialised with (read by its before_send).
+_send_args = False
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def init_sentry() -> bool:
+def init_sentry(settings: Settings) -> bool:
     """Initialise sentry-sdk if ``SENTRY_DSN`` is set (once per process); True if active."""
-    global _initialised
+    global _initialised, _send_args
     if _initialised:
         return True
-    dsn = os.environ.get(DSN_ENV, "").strip()
+    dsn = settings.sentry_dsn
     if not dsn:
         return False
     import sentry_sdk
     from sentry_sdk.integrations.dramatiq import DramatiqIntegration
     from sentry_sdk.integrations.logging import ignore_logger
 
-    send_args = _flag(SEND_ARGS_ENV)
+    send_args = _send_args = settings.sentry_send_args
     sentry_sdk.init(
         dsn=dsn,
         integrations=[DramatiqIntegration()],
@@ -77,7 +76,7 @@ def _before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] 
     values = (event.get("exception") or {}).get("values") or []
     if any((v.get("mechanism") or {}).get("type") == "dramatiq" for v in values):
         return None  # the integration's per-attempt capture: SentryAlerts reports instead
-    if not _flag(SEND_ARGS_ENV):
+    if not _send_args:
         dramatiq_context = (event.get("contexts") or {}).get("dramatiq")
         if isinstance(dramatiq_context, dict):
             dramatiq_context.pop("data", None)
@@ -88,8 +87,18 @@ def _before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] 
 class SentryAlerts(Middleware):
     """Sends final failures (and optionally retried ones) to Sentry, tagged, args left out."""
 
-    def __init__(self, redactor: Redactor | None = None) -> None:
-        self.redactor = redactor or Redactor.from_env()
+    def __init__(
+        self,
+        redactor: Redactor | None = None,
+        *,
+        report_retries: bool = False,
+        send_args: bool = False,
+    ) -> None:
+        self.redactor = redactor or Redactor()
+        #: Also report each failure a retry follows (``JOBKIT_SENTRY_REPORT_RETRIES``).
+        self.report_retries = report_retries
+        #: Attach the job's (redacted) arguments (``JOBKIT_SENTRY_SEND_ARGS``).
+        self.send_args = send_args
         self._delivery = CurrentDelivery()
 
     @property
@@ -108,7 +117,7 @@ class SentryAlerts(Middleware):
             return
         delivery = self._delivery.end(message)
         failure = delivery["failure"] if delivery else None
-        if failure is not None and _flag(REPORT_RETRIES_ENV):
+        if failure is not None and self.report_retries:
             self._capture(broker, message, *failure, reason="retry_scheduled")
 
     def after_ack(self, broker: Broker, message: Message) -> None:
@@ -137,7 +146,7 @@ class SentryAlerts(Middleware):
             scope.set_tag("message_id", message.message_id)
             scope.set_tag("attempt", str(attempt))
             scope.set_tag("outcome", reason)
-            if _flag(SEND_ARGS_ENV):
+            if self.send_args:
                 actor = broker.actors.get(message.actor_name)
                 if actor is not None:
                     scope.set_context(

@@ -14,6 +14,7 @@ import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dramatiq
 import pika.exceptions
@@ -21,6 +22,8 @@ import pytest
 from dramatiq import Broker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
+
+from jobkit import settings as jobkit_settings
 
 ALL_KINDS = ("stub", "redis", "rabbitmq", "embedded")
 REAL_KINDS = ("redis", "rabbitmq", "embedded")
@@ -126,7 +129,7 @@ def flush(broker: Broker) -> None:
         # Test Redis db / private embedded server: nothing else lives there.
         broker.client.flushdb()
         return
-    from brokers.dead_letters import dead_letter_store, has_store
+    from brokers.dead_letter_store import dead_letter_store, has_store
 
     for middleware in broker.middleware:
         store = getattr(middleware, "store", None)
@@ -150,7 +153,7 @@ def flush(broker: Broker) -> None:
 def make_broker(kind: str) -> Broker:
     """A broker of ``kind`` with jobkit's full middleware stack, checked to answer."""
     from brokers import build_broker, check_broker
-    from middleware import build_stack
+    from brokers.stack import build_stack
 
     if kind == "stub":
         return StubBroker(middleware=build_stack())
@@ -219,3 +222,25 @@ def _fresh(kind: str) -> Iterator[Broker]:
             flush(broker)
         finally:
             broker.close()
+
+
+def _read_again_after(change: Any) -> Any:
+    def changed(self: pytest.MonkeyPatch, name: str, *args: Any, **kwargs: Any) -> None:
+        change(self, name, *args, **kwargs)
+        if name.startswith(("JOBKIT_", "SENTRY_")):
+            jobkit_settings.forget()
+
+    return changed
+
+
+@pytest.fixture(autouse=True)
+def settings_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """jobkit reads its settings once per process; a test that changes a variable gets them
+    read again, as a process started with that environment would (``monkeypatch`` calls
+    ``jobkit.settings.forget()`` after changing a ``JOBKIT_*`` or ``SENTRY_*`` variable)."""
+    jobkit_settings.forget()
+    monkeypatch.setattr(pytest.MonkeyPatch, "setenv", _read_again_after(pytest.MonkeyPatch.setenv))
+    monkeypatch.setattr(pytest.MonkeyPatch, "delenv", _read_again_after(pytest.MonkeyPatch.delenv))
+    yield
+    # monkeypatch has put the environment back by now only for its own changes: read again.
+    jobkit_settings.forget()

@@ -16,7 +16,7 @@ from dramatiq.brokers.stub import StubBroker
 from brokers import BrokerUnavailable, build_broker, check_broker, spec_of
 from brokers.rabbitmq import AmqpPriority
 from brokers.redis import DeadWorkerSweep, RedisSettingsCheck
-from middleware import build_stack
+from brokers.stack import build_stack
 from tests.conftest import RABBITMQ_URL, make_broker, url_for
 from tests.support.processes import wait_until, worker
 

@@ -195,12 +195,12 @@ def test_every_public_exception_is_a_jobkit_error() -> None:
     """One error tree: the CLI shows any of them as its one line, exit code 1."""
     import brokers
     from brokers.bulk import BulkSendError
-    from brokers.dead_letters import DeadLetterError
+    from brokers.dead_letter_store import DeadLetterError
     from brokers.decoding import OversizedMessage, UndecodableMessage
-    from brokers.signing import BadSignature
     from jobkit import errors
     from middleware.priorities import InvalidPriority
     from middleware.rate_limits import RateLimitConfigError
+    from middleware.signing import BadSignature
 
     public = [
         brokers.BrokerUnavailable, brokers.BrokerBlocked, brokers.BrokerFull,

@@ -19,17 +19,16 @@ from dramatiq import Broker, Message
 from dramatiq.brokers.redis import RedisBroker
 
 from brokers import queue_depths
-from brokers.dead_letters import (
+from brokers.dead_letter_store import (
     DeadLetterError,
     DeadLetterStore,
     Filters,
     dead_letter_store,
-    message_as_sent,
-    parse_duration_ms,
     replay_message,
 )
 from brokers.decoding import UndecodableMessage, decode_message
-from middleware.dead_letters import DeadLetters
+from jobkit.settings import parse_duration_ms
+from middleware.dead_letters import DeadLetters, message_as_sent
 from tests.conftest import RABBITMQ_URL, env_for, flush, make_broker, url_for
 from tests.support.processes import child_env, run_jobkit, wait_until, worker
 from tests.support.sentry_sink import SentrySink
@@ -404,7 +403,7 @@ def test_rabbitmq_without_a_store_leaves_failures_in_its_xq(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from brokers import build_broker, queue_depths
-    from brokers.dead_letters import has_store
+    from brokers.dead_letter_store import has_store
 
     monkeypatch.delenv("JOBKIT_STATE_URL", raising=False)
     monkeypatch.delenv("JOBKIT_RATE_LIMIT_URL", raising=False)

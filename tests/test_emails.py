@@ -28,7 +28,7 @@ from actors.emails import (
     send_over_smtp,
 )
 from benchmarks.harness import free_port
-from brokers.dead_letters import dead_letter_store
+from brokers.dead_letter_store import dead_letter_store
 from tests.support.processes import wait_until, worker
 from tests.support.shipped import redeclare
 

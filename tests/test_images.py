@@ -12,7 +12,7 @@ from dramatiq import Broker
 from PIL import Image
 
 from actors.images import ImageNotReady, ImageRejected, make_thumbnail, resize_image
-from brokers.dead_letters import dead_letter_store
+from brokers.dead_letter_store import dead_letter_store
 from tests.support.processes import wait_until, worker
 from tests.support.shipped import redeclare
 
@@ -219,7 +219,7 @@ def test_a_bad_limit_setting_is_an_error_not_a_rejection(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("JOBKIT_IMAGE_MAX_BYTES", "50MB")
-    with pytest.raises(ValueError, match="JOBKIT_IMAGE_MAX_BYTES='50MB' must be a positive"):
+    with pytest.raises(ValueError, match="JOBKIT_IMAGE_MAX_BYTES='50MB': must be a positive"):
         make_thumbnail.fn(str(bands(tmp_path / "a.png")), str(tmp_path / "t.png"))
 
 

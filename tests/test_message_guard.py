@@ -11,17 +11,18 @@ from dramatiq import Broker, Message
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.encoder import JSONEncoder, PickleEncoder
 
-from brokers.dead_letters import dead_letter_store
+from brokers.dead_letter_store import dead_letter_store
 from brokers.decoding import (
     ForgedMessage,
     MessageRules,
     OversizedMessage,
     decode_message,
 )
-from brokers.signing import BadSignature, Signer
+from brokers.stack import build_stack
 from jobkit.errors import BrokerConfigError
-from middleware import build_stack
+from jobkit.settings import current, load_settings
 from middleware.message_guard import MessageTooLarge, check_encoder
+from middleware.signing import BadSignature, Signer
 from tests.conftest import flush, make_broker
 from tests.support.processes import wait_until, worker
 from tests.test_dead_letters import push_raw
@@ -66,13 +67,13 @@ def test_a_signature_covers_arguments_actor_and_id_but_not_delivery_options() ->
 def test_keys_and_limits_are_checked_when_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOBKIT_SIGNING_KEY", "short")
     with pytest.raises(BrokerConfigError, match="at least 16 characters"):
-        MessageRules.from_env()
+        MessageRules.from_settings(current())
     monkeypatch.setenv("JOBKIT_SIGNING_KEY", f"{KEY}, {OLD_KEY}")
     monkeypatch.setenv("JOBKIT_MAX_MESSAGE_BYTES", "lots")
     with pytest.raises(BrokerConfigError, match="JOBKIT_MAX_MESSAGE_BYTES='lots'"):
-        MessageRules.from_env()
+        MessageRules.from_settings(current())
     monkeypatch.setenv("JOBKIT_MAX_MESSAGE_BYTES", "0")
-    rules = MessageRules.from_env()
+    rules = MessageRules.from_settings(current())
     assert rules.max_bytes == 0 and rules.signer is not None
 
 
@@ -88,7 +89,7 @@ def test_consumers_refuse_oversized_and_forged_bytes() -> None:
 
 
 def test_a_message_over_the_limit_fails_the_send_and_nothing_is_sent() -> None:
-    broker = StubBroker(middleware=build_stack(rules=MessageRules(max_bytes=1000)))
+    broker = StubBroker(middleware=build_stack(load_settings({"JOBKIT_MAX_MESSAGE_BYTES": "1000"})))
     actor = dramatiq.actor(lambda data: None, broker=broker, actor_name="upload", queue_name=QUEUE)
     expected = r"job upload to queue 'jobkit-test' is 2,\d{3} bytes, over the 1,000-byte limit"
     with pytest.raises(MessageTooLarge, match=expected):
@@ -100,7 +101,7 @@ def test_a_message_over_the_limit_fails_the_send_and_nothing_is_sent() -> None:
 
 def test_the_size_counted_is_dramatiqs_json_with_its_escapes() -> None:
     """600 bytes of UTF-8 are 1,800 of escaped ASCII: the quick bound must not pass them."""
-    broker = StubBroker(middleware=build_stack(rules=MessageRules(max_bytes=1000)))
+    broker = StubBroker(middleware=build_stack(load_settings({"JOBKIT_MAX_MESSAGE_BYTES": "1000"})))
     actor = dramatiq.actor(lambda data: None, broker=broker, actor_name="upload", queue_name=QUEUE)
     with pytest.raises(MessageTooLarge, match=r"is 2,\d{3} bytes, over the 1,000-byte limit"):
         actor.send("é" * 300)

@@ -240,7 +240,7 @@ def _values(registry: Any) -> list[tuple[str, dict[str, str], float]]:
 
 
 def test_only_loopback_addresses_count_as_this_host() -> None:
-    from middleware.metrics import _is_loopback
+    from brokers.metrics_exporter import _is_loopback
 
     assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
     assert not _is_loopback("0.0.0.0") and not _is_loopback("10.0.0.5")

@@ -23,7 +23,8 @@ from actors.periodic import (
     snapshot_queue_depths,
 )
 from brokers import queue_depths
-from brokers.dead_letters import dead_letter_store, new_record
+from brokers.dead_letter_store import dead_letter_store
+from middleware.dead_letters import new_record
 from middleware.periodic import tick_of
 from tests.conftest import env_for, url_for
 from tests.support.processes import (

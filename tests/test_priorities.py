@@ -18,7 +18,8 @@ from dramatiq.worker import _WorkQueueItem
 from brokers import BrokerConfigError, build_broker, queue_depths
 from brokers.rabbitmq import QueueNeedsMigration
 from brokers.redis import PriorityRedisBroker
-from middleware import build_stack
+from brokers.stack import build_stack
+from jobkit.settings import current, load_settings
 from middleware.priorities import (
     LEVELS,
     InvalidPriority,
@@ -26,7 +27,6 @@ from middleware.priorities import (
     PriorityConfig,
     level_of_broker_priority,
     parse_level,
-    parse_weights,
 )
 from tests.conftest import RABBITMQ_URL, flush, make_broker, url_for
 from tests.support.processes import wait_until, worker
@@ -115,22 +115,22 @@ def test_a_broker_priority_that_is_no_level_number_is_refused_naming_the_numbers
 
 def test_priority_mode_and_weights_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("JOBKIT_PRIORITY_MODE", raising=False)
-    assert PriorityConfig.from_env().mode == "strict"
+    assert PriorityConfig.from_settings(current()).mode == "strict"
     monkeypatch.setenv("JOBKIT_PRIORITY_MODE", "Weighted")
     monkeypatch.setenv("JOBKIT_PRIORITY_WEIGHTS", "critical=10,low=2")
-    config = PriorityConfig.from_env()
+    config = PriorityConfig.from_settings(current())
     assert config.mode == "weighted"
     assert config.weights == {"critical": 10, "high": 4, "normal": 2, "low": 2}
     assert config.share("low", ("critical", "low")) == pytest.approx(2 / 12)
     monkeypatch.setenv("JOBKIT_PRIORITY_MODE", "fair")
     with pytest.raises(BrokerConfigError, match="use strict .default. or weighted"):
-        PriorityConfig.from_env()
+        PriorityConfig.from_settings(current())
 
 
 @pytest.mark.parametrize("text", ["critical=0", "urgent=3", "critical=x", "critical"])
 def test_bad_weights_are_refused(text: str) -> None:
     with pytest.raises(BrokerConfigError, match="JOBKIT_PRIORITY_WEIGHTS"):
-        parse_weights(text)
+        load_settings({"JOBKIT_PRIORITY_WEIGHTS": text})
 
 
 def test_strict_share_is_all_for_the_most_urgent_busy_level() -> None:

@@ -15,7 +15,8 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
 from brokers import build_broker
-from middleware import build_stack
+from brokers.stack import build_stack
+from jobkit.settings import current
 from middleware.load_throttle import HostLoad, LoadThrottle
 from middleware.rate_limits import RateLimitConfigError, RateLimits, limits_of, parse_rate
 from tests.conftest import RABBITMQ_URL, REDIS_URL, env_for, url_for
@@ -340,18 +341,18 @@ def test_overload_pauses_job_starts_and_resumes_after(
 def test_throttle_thresholds_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOBKIT_THROTTLE_LOAD", "2.5")
     monkeypatch.setenv("JOBKIT_THROTTLE_MEMORY", "90")
-    throttle = LoadThrottle.from_env()
+    throttle = LoadThrottle.from_settings(current())
     assert throttle.enabled
     assert throttle.over(HostLoad(3.0, 50.0)) == ["load 3.00 per core > 2.50"]
     assert throttle.over(HostLoad(1.0, 95.0)) == ["memory 95% > 90%"]
     # Resumes only below 90% of each threshold.
     assert throttle.over(HostLoad(2.4, 50.0), 0.9) == ["load 2.40 per core > 2.25"]
     monkeypatch.setenv("JOBKIT_THROTTLE_LOAD", "lots")
-    with pytest.raises(ValueError, match="JOBKIT_THROTTLE_LOAD='lots' must be a positive number"):
-        LoadThrottle.from_env()
+    with pytest.raises(ValueError, match="JOBKIT_THROTTLE_LOAD='lots': must be a positive number"):
+        LoadThrottle.from_settings(current())
     monkeypatch.delenv("JOBKIT_THROTTLE_LOAD")
     monkeypatch.delenv("JOBKIT_THROTTLE_MEMORY")
-    assert not LoadThrottle.from_env().enabled
+    assert not LoadThrottle.from_settings(current()).enabled
 
 
 def test_a_callable_key_splits_limits_by_its_result() -> None:

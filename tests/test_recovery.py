@@ -12,9 +12,9 @@ import pytest
 from dramatiq import Broker
 
 from brokers import BrokerFull, build_broker
-from brokers.dead_letters import dead_letter_store
-from brokers.redis import heartbeat_timeout_ms
+from brokers.dead_letter_store import dead_letter_store
 from jobkit.errors import BrokerConfigError
+from jobkit.settings import current
 from tests.conftest import env_for, url_for
 from tests.support import job_log
 from tests.support.processes import child_env, stop_group, wait_until, worker
@@ -31,13 +31,13 @@ HEARTBEAT_TIMEOUT_MS = 3000
 
 def test_the_heartbeat_timeout_is_read_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("JOBKIT_HEARTBEAT_TIMEOUT_MS", raising=False)
-    assert heartbeat_timeout_ms() == 60_000
+    assert current().heartbeat_timeout_ms == 60_000
     monkeypatch.setenv("JOBKIT_HEARTBEAT_TIMEOUT_MS", "5000")
-    assert heartbeat_timeout_ms() == 5000
+    assert current().heartbeat_timeout_ms == 5000
     for bad in ("500", "soon"):
         monkeypatch.setenv("JOBKIT_HEARTBEAT_TIMEOUT_MS", bad)
         with pytest.raises(BrokerConfigError, match="at least 1000"):
-            heartbeat_timeout_ms()
+            current()
 
 
 @pytest.mark.slow

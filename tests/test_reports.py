@@ -12,7 +12,7 @@ import pytest
 from dramatiq import Broker
 
 from actors.reports import ReportInputError, aggregate, build_report
-from brokers.dead_letters import dead_letter_store
+from brokers.dead_letter_store import dead_letter_store
 from tests.support.processes import wait_until, worker
 from tests.support.shipped import redeclare
 

@@ -23,6 +23,7 @@ from jobkit.settings import (
     Settings,
     current,
     env_names,
+    forget,
     generated_section,
     load_settings,
     markdown_table,
@@ -331,9 +332,9 @@ def test_the_old_name_of_the_state_url_is_still_read() -> None:
 
 @pytest.fixture
 def restore_current() -> Iterator[None]:
-    """Requested before monkeypatch, so the cache is read again once the environment is back."""
+    """The next test reads the settings again (conftest also forgets them before each test)."""
     yield
-    reload()
+    forget()
 
 
 def test_current_is_read_once_and_reload_reads_again(
@@ -342,7 +343,8 @@ def test_current_is_read_once_and_reload_reads_again(
     monkeypatch.setenv("JOBKIT_MAX_CRASHES", "5")
     first = reload()
     assert first.max_crashes == 5 and current() is first
-    monkeypatch.setenv("JOBKIT_MAX_CRASHES", "7")
+    # setitem, not setenv: conftest makes setenv forget the settings, as a new process would.
+    monkeypatch.setitem(os.environ, "JOBKIT_MAX_CRASHES", "7")
     assert current() is first and current().max_crashes == 5
     second = reload()
     assert second.max_crashes == 7 and current() is second

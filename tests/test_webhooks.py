@@ -15,7 +15,7 @@ import pytest
 from dramatiq import Broker
 
 from actors.webhooks import deliver_webhook, retry_after_ms
-from brokers.dead_letters import dead_letter_store
+from brokers.dead_letter_store import dead_letter_store
 from tests.support.processes import wait_until, worker
 from tests.support.shipped import redeclare
 

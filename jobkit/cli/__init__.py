@@ -14,6 +14,7 @@ from brokers.urls import BROKER_URL_ENV, HOME_ENV
 from jobkit import demo, exit_codes
 from jobkit.app import APP_ENV, DEFAULT_APP
 from jobkit.errors import JobkitError
+from jobkit.settings import current
 
 from . import bench, dead_letters, embedded, queues, send, stats, worker
 
@@ -62,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "worker":
         args.dramatiq_args = [*unknown, *args.dramatiq_args]
     try:
+        current()  # every setting is checked before any command runs (one line if bad)
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         print("jobkit: interrupted", file=sys.stderr)

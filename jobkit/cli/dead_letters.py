@@ -11,15 +11,15 @@ from typing import Any
 from rich.markup import escape
 
 from brokers import check_broker
-from brokers.dead_letters import (
+from brokers.dead_letter_store import (
     DeadLetterError,
     DeadLetterStore,
     Filters,
     dead_letter_store,
-    parse_duration_ms,
 )
 from jobkit.app import load_app
 from jobkit.output import print_json, print_table, stderr, stdout
+from jobkit.settings import current, parse_duration_ms
 from middleware.redaction import Redactor
 
 REASONS = (
@@ -199,7 +199,7 @@ def run_show(args: argparse.Namespace) -> int:
         message = record["message"]
         # Secret-named arguments (also inside dicts) are masked as in logs, long values cut;
         # --json prints the record as kept.
-        redactor = Redactor.from_env()
+        redactor = Redactor.from_settings(current())
         field(
             "message",
             f"{message['actor_name']} args={redactor.value(message['args'])!r} "

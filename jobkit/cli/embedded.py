@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from brokers import embedded
-from brokers.urls import spec_from_env
+from brokers.urls import configured_spec
 from jobkit import exit_codes
 from jobkit.errors import BrokerConfigError
 from jobkit.output import print_json, print_table, stdout
@@ -40,7 +40,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
 
 
 def _home() -> Path:
-    spec = spec_from_env()
+    spec = configured_spec()
     if spec.kind != "embedded" or spec.home is None:
         raise BrokerConfigError(
             f"JOBKIT_BROKER_URL points at {spec.display_url}, not the embedded server; "

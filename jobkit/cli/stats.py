@@ -11,6 +11,7 @@ from typing import Any
 
 from jobkit.errors import JobkitError
 from jobkit.output import print_json, print_table
+from middleware.metrics import address
 
 COUNTERS = {
     "jobkit_jobs": "jobs",
@@ -99,8 +100,6 @@ def summarise(before: dict, after: dict, seconds: float) -> list[dict[str, Any]]
 
 
 def run(args: argparse.Namespace) -> int:
-    from middleware.metrics import address
-
     host, port = address()
     url = args.url or f"http://{host}:{port}/metrics"
     before = scrape(url)

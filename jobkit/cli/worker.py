@@ -6,8 +6,11 @@ import argparse
 import sys
 from typing import Any
 
+import dramatiq.cli as dramatiq_cli
+
 from brokers import build_broker, check_broker
 from jobkit.app import app_name
+from middleware.job_logging import configure_logging, resolve_format
 
 
 def add_parser(subcommands: argparse._SubParsersAction) -> None:
@@ -39,10 +42,6 @@ def dramatiq_argv(extra: list[str], app: str | None = None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dramatiq.cli as dramatiq_cli
-
-    from middleware.job_logging import configure_logging, resolve_format
-
     fmt = resolve_format()  # a bad JOBKIT_LOG_FORMAT fails here, as one line
     # A throwaway broker, not `import actors`: forked workers must build their own
     # (a Redis broker's id, and so its heartbeat, is per instance).

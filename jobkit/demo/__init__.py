@@ -20,15 +20,17 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
+from types import FrameType, ModuleType
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from brokers import check_broker, embedded
 from brokers.processes import start_process_group, stop_process_group
-from brokers.urls import BROKER_URL_ENV, spec_from_env
+from brokers.urls import BROKER_URL_ENV, configured_spec
 from jobkit import exit_codes
+from jobkit import settings as jobkit_settings
+from jobkit.app import import_app
 from jobkit.errors import JobkitError
 from jobkit.output import print_json, print_table, stderr, stdout
 
@@ -38,6 +40,8 @@ from .tour import Outputs, send_tour
 from .tracker import Tracker
 
 DEFAULT_OUTPUT = ".jobkit/demo"
+#: The demo tours the jobs jobkit ships, whatever ``--app`` other commands use.
+SHIPPED_JOBS = "actors"
 #: Marks a directory as the demo's own, so a second run may clear it.
 MARKER = ".jobkit-demo"
 #: Limits low enough that the tour shows deferrals, high enough to stay quick.
@@ -108,7 +112,7 @@ def _count(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = spec_from_env()
+    spec = configured_spec()
     started_broker = False
     worker_env = dict(os.environ)
     if spec.kind == "embedded":
@@ -122,11 +126,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         # Actors read their limits when declared: the demo's must be set before the import.
         os.environ.update(DEMO_SETTINGS)
-        import actors
-
-        check_broker(actors.broker)  # a dead broker stops the demo before it writes anything
+        jobkit_settings.forget()  # read again, with the demo's values, when the jobs load
+        jobs = import_app(SHIPPED_JOBS)
+        check_broker(jobs.broker)  # a dead broker stops the demo before it writes anything
         out = Outputs(_fresh_directory(args.output))
-        summary = _run_tour(args, out, worker_env)
+        summary = _run_tour(jobs, args, out, worker_env)
         summary["broker"] = spec.display_url
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
@@ -163,7 +167,9 @@ def _fresh_directory(path: Path) -> Path:
     return path
 
 
-def _run_tour(args: argparse.Namespace, out: Outputs, worker_env: dict[str, str]) -> dict[str, Any]:
+def _run_tour(
+    jobs: ModuleType, args: argparse.Namespace, out: Outputs, worker_env: dict[str, str]
+) -> dict[str, Any]:
     # The workers and this process (which declares the actors) see the same settings.
     settings = {
         **DEMO_SETTINGS,
@@ -182,7 +188,7 @@ def _run_tour(args: argparse.Namespace, out: Outputs, worker_env: dict[str, str]
         _workers(args, worker_env, tracker.log) as workers,
         _progress() as progress,
     ):
-        send_tour(tracker, samples, site, out, load_jobs=args.jobs, work_ms=args.work_ms)
+        send_tour(jobs, tracker, samples, site, out, load_jobs=args.jobs, work_ms=args.work_ms)
         tasks = {
             actor: progress.add_task(actor, total=counts.sent, retried=0, deferred=0, dead=0)
             for actor, counts in tracker.actors.items()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+
+from brokers import send_many
 
 from .local_site import SHOP_PAGES, LocalSite
 from .samples import Samples
@@ -60,6 +63,7 @@ class Outputs:
 
 
 def send_tour(
+    jobs: ModuleType,
     tracker: Tracker,
     samples: Samples,
     site: LocalSite,
@@ -68,15 +72,18 @@ def send_tour(
     load_jobs: int,
     work_ms: int,
 ) -> None:
-    """Send every job of the tour, in a mix of priorities, and tell ``tracker`` what to expect."""
-    from actors.demo import demo_job
-    from actors.emails import send_email
-    from actors.images import make_thumbnail, resize_image
-    from actors.periodic import daily_summary, snapshot_queue_depths
-    from actors.reports import build_report
-    from actors.scraping import scrape_page
-    from actors.webhooks import send_webhook
-    from brokers import send_many
+    """Send every job of the tour, in a mix of priorities, and tell ``tracker`` what to expect.
+
+    ``jobs`` is the shipped job package (``actors``), imported by the demo by name.
+    """
+    demo_job = jobs.demo.demo_job
+    send_email, send_webhook, build_report = jobs.send_email, jobs.send_webhook, jobs.build_report
+    make_thumbnail, resize_image, scrape_page = (
+        jobs.make_thumbnail,
+        jobs.resize_image,
+        jobs.scrape_page,
+    )
+    daily_summary, snapshot_queue_depths = jobs.daily_summary, jobs.snapshot_queue_depths
 
     def track(message, meant_to_fail: bool = False) -> None:  # noqa: ANN001 - a dramatiq Message
         tracker.expect(message.message_id, message.actor_name, meant_to_fail=meant_to_fail)

@@ -194,21 +194,15 @@ def _build(kind: str) -> Broker:
             return RedisBroker(url=redis_url())
         return RabbitmqBroker(url=rabbitmq_url(), max_priority=10)  # as upstream's fixture
     from brokers import build_broker, check_broker
+    from jobkit.settings import load_settings
 
     if kind == "redis":  # jobkit's state (dead letters, limits) on the broker's own Redis
         broker = build_broker(redis_url())
     else:
         # As jobkit's tests and deployments: RabbitMQ keeps that state in a Redis
-        # (JOBKIT_STATE_URL, read while building), here the run's own database.
-        saved = os.environ.get(STATE_URL_ENV)
-        os.environ[STATE_URL_ENV] = redis_url()
-        try:
-            broker = build_broker(rabbitmq_url())
-        finally:
-            if saved is None:
-                os.environ.pop(STATE_URL_ENV, None)
-            else:
-                os.environ[STATE_URL_ENV] = saved
+        # (JOBKIT_STATE_URL), here the run's own database.
+        settings = load_settings({**os.environ, STATE_URL_ENV: redis_url()})
+        broker = build_broker(rabbitmq_url(), settings=settings)
     check_broker(broker)
     return broker
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from dramatiq import Broker
 
 from brokers import queue_depths
-from brokers.dead_letters import dead_letter_store
+from brokers.dead_letter_store import dead_letter_store
 from tests.support import job_log
 
 

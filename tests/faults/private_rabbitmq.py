@@ -83,7 +83,11 @@ class PrivateRabbitmq:
         ``su`` starts the VM in a session of its own, so it is found by the node
         name in its environment, not by process group.
         """
-        for pid in pids_with_env(f"RABBITMQ_NODENAME={self.node}"):
+        pids = pids_with_env(f"RABBITMQ_NODENAME={self.node}")
+        # Stamped after the /proc scan (slow on a loaded host), when the node dies: the
+        # node acks jobs until this moment, and a test's "after the kill" starts here.
+        self.killed_at = time.time()
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         if self.process is not None:

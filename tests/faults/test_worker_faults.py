@@ -21,7 +21,7 @@ import pytest
 from dramatiq import Broker
 
 from brokers import BrokerBlocked, BrokerUnavailable, build_broker, embedded, queue_depths
-from brokers.dead_letters import dead_letter_store
+from brokers.dead_letter_store import dead_letter_store
 from tests.conftest import REDIS_URL, env_for, flush, url_for
 from tests.faults.ledger import Accounting, Ledger, account, finished, locate_on_redis
 from tests.faults.private_rabbitmq import PrivateRabbitmq
@@ -266,6 +266,7 @@ def test_rabbitmq_stopped_or_killed_during_processing_loses_nothing_it_accepted(
             private_rabbitmq.wait_until_serving()
         else:
             private_rabbitmq.kill()
+            broken_at[-1] = private_rabbitmq.killed_at
             private_rabbitmq.start()
 
     try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 from typing import Any
 
 from dramatiq.common import q_name
@@ -46,13 +45,6 @@ class Signer:
                 )
         self._keys = {_key_id(key): key for key in keys}
         self._signing_id = _key_id(keys[0])
-
-    @classmethod
-    def from_env(cls) -> Signer | None:
-        raw = os.environ.get(SIGNING_KEY_ENV, "")
-        if not raw.strip():
-            return None
-        return cls([key.strip().encode() for key in raw.split(",") if key.strip()])
 
     def sign(self, fields: dict[str, Any]) -> str:
         return f"{self._signing_id}:{self._digest(self._keys[self._signing_id], fields)}"

@@ -19,29 +19,23 @@ Retention: records older than ``JOBKIT_DEAD_LETTER_TTL`` (default ``7d``;
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import os
-import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from uuid import uuid4
 
 import redis
 from dramatiq import Broker, Message
-from dramatiq.common import q_name
 
-from jobkit.errors import BrokerConfigError, JobkitError
+from jobkit.errors import JobkitError
+from jobkit.settings import current
+from middleware.dead_letters import dead_letter_of, describe_undecodable
 
 from .state import state_client
 
-TTL_ENV = "JOBKIT_DEAD_LETTER_TTL"
 MAX_ENV = "JOBKIT_DEAD_LETTER_MAX"
-DEFAULT_TTL_MS = 7 * 86_400_000
-DEFAULT_MAX = 100_000
 PREFIX = "jobkit:dl:"
 RECORDS, BY_TIME, QUEUE_OF, QUEUE = (
     f"{PREFIX}records",
@@ -49,23 +43,6 @@ RECORDS, BY_TIME, QUEUE_OF, QUEUE = (
     f"{PREFIX}queue_of",
     f"{PREFIX}queue:",
 )
-#: Options that describe one delivery, not the job: dropped when a job is kept and replayed.
-DELIVERY_OPTIONS = frozenset(
-    {
-        "retries",
-        "traceback",
-        "requeue_timestamp",
-        "redis_message_id",
-        "eta",
-        "enqueued_at",
-        "broker_priority",
-        "rate_limit_deferrals",
-        "rate_limited_since",
-        "rate_limit_slot",
-        "replayed_from",
-    }
-)
-
 logger = logging.getLogger("jobkit.dead_letters")
 
 # Removes ids from every index; ARGV: queue key prefix, ids...
@@ -129,60 +106,6 @@ class DeadLetterError(JobkitError):
     """A dead-letter operation cannot be done (unknown id, undecodable record, no store)."""
 
 
-def parse_duration_ms(text: str) -> int:
-    """``90s``, ``15m``, ``12h``, ``7d``, ``2w`` or plain milliseconds -> milliseconds."""
-    units = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
-    raw = text.strip().lower()
-    for unit in sorted(units, key=len, reverse=True):
-        if raw.endswith(unit) and raw[: -len(unit)].replace(".", "", 1).isdigit():
-            return int(float(raw[: -len(unit)]) * units[unit])
-    if raw.isdigit():
-        return int(raw)
-    raise ValueError(f"{text!r} is not a duration; use e.g. 30s, 15m, 12h, 7d or milliseconds")
-
-
-def _setting_ms(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return parse_duration_ms(raw)
-    except ValueError as error:
-        raise BrokerConfigError(f"{name}: {error}") from None
-
-
-def _setting_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit():
-        raise BrokerConfigError(f"{name}={raw!r} is not a whole number of records")
-    return int(raw)
-
-
-def iso_ms(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
-
-
-def message_as_sent(message: Message) -> dict[str, Any]:
-    """The message's fields without what its deliveries added (retry count, ids, etas)."""
-    fields = message.asdict()
-    fields["args"] = list(fields["args"])
-    fields["options"] = {k: v for k, v in fields["options"].items() if k not in DELIVERY_OPTIONS}
-    fields["queue_name"] = q_name(fields["queue_name"])
-    return fields
-
-
-def raw_fields(raw: bytes) -> dict[str, Any]:
-    """Bytes that are not a message, kept as text when they are UTF-8, else base64."""
-    try:
-        return {"raw": raw.decode("utf-8"), "raw_encoding": "utf-8"}
-    except UnicodeDecodeError:
-        return {"raw": base64.b64encode(raw).decode("ascii"), "raw_encoding": "base64"}
-
-
 @dataclass(frozen=True)
 class Filters:
     """Which dead letters an operation applies to; every field given must match."""
@@ -226,10 +149,9 @@ class DeadLetterStore:
     ) -> None:
         self.client = client
         self.broker = broker
-        self.ttl_ms = _setting_ms(TTL_ENV, DEFAULT_TTL_MS) if ttl_ms is None else ttl_ms
-        self.max_entries = (
-            _setting_int(MAX_ENV, DEFAULT_MAX) if max_entries is None else max_entries
-        )
+        settings = current()
+        self.ttl_ms = settings.dead_letter_ttl if ttl_ms is None else ttl_ms
+        self.max_entries = settings.dead_letter_max if max_entries is None else max_entries
         self._add = client.register_script(_ADD)
         self._remove = client.register_script(_REMOVE)
 
@@ -377,21 +299,6 @@ def replay_message(fields: dict[str, Any], dead_letter_id: str) -> Message:
     )
 
 
-def new_record(
-    *, queue: str, reason: str, dead_letter_id: str | None = None, **fields: Any
-) -> dict[str, Any]:
-    """A record with the common fields filled in (``failed_at`` is now)."""
-    now_ms = int(time.time() * 1000)
-    return {
-        "id": dead_letter_id or str(uuid4()),
-        "queue": q_name(queue),
-        "reason": reason,
-        "failed_at": iso_ms(now_ms),
-        "failed_at_ms": now_ms,
-        **fields,
-    }
-
-
 _stores: weakref.WeakKeyDictionary[Broker, DeadLetterStore | str] = weakref.WeakKeyDictionary()
 
 
@@ -426,15 +333,11 @@ def keep_failed(broker: Broker, message: Message) -> bool:
     after ``True``; on ``False`` it leaves the message to its broker's own
     dead-letter queue, so nothing is lost.
     """
-    from middleware.dead_letters import dead_letter_of
-
     return _keep(broker, dead_letter_of(broker, message))
 
 
 def keep_undecodable(broker: Broker, queue_name: str, raw: bytes, error: Exception) -> bool:
     """Store bytes found in a queue that are not a message (reason ``undecodable``)."""
-    from middleware.dead_letters import describe_undecodable
-
     record = describe_undecodable(queue_name, raw, error)
     kept = _keep(broker, record)
     if kept:
@@ -460,13 +363,5 @@ def _keep(broker: Broker, record: dict[str, Any]) -> bool:
             record["queue"],
         )
         return False
-    for middleware in broker.middleware:
-        after = getattr(middleware, "after_dead_letter", None)
-        if after is not None:
-            try:
-                after(broker, record)
-            except Exception:
-                logger.exception(
-                    "dead letters: %s.after_dead_letter failed", type(middleware).__name__
-                )
+    broker.emit_after("dead_letter", record)
     return True

@@ -1,0 +1,46 @@
+"""jobkit's own hooks, declared the way Dramatiq declares its own: typed, documented no-ops.
+
+A broker emits them with Dramatiq's ``broker.emit_after(name, ...)``, which calls
+``after_<name>`` on every middleware of the stack, Dramatiq's and third parties'
+included. So that those have the hooks too, :func:`declare_hooks` puts these
+no-ops on ``dramatiq.Middleware`` itself, once, when this module is first
+imported (before any broker can emit them); jobkit's middleware derive from
+:class:`JobkitMiddleware` and override what they use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from dramatiq import Broker, Middleware
+
+
+class JobkitMiddleware(Middleware):
+    """A middleware that may use jobkit's hooks (below) besides Dramatiq's."""
+
+    def after_state_store(
+        self, broker: Broker, client: redis.Redis | None, no_store_reason: str
+    ) -> None:
+        """Called once the broker knows where jobkit's state lives.
+
+        ``client`` is the Redis holding it (rate limits, crash counts, tick locks,
+        dead letters), or ``None`` with ``no_store_reason`` saying why there is none.
+        """
+
+    def after_dead_letter(self, broker: Broker, record: dict[str, Any]) -> None:
+        """Called once a dead letter's ``record`` is in the store (``middleware.dead_letters``)."""
+
+
+#: The hooks above, by name; each broker emits them through ``emit_after``.
+HOOKS = ("after_state_store", "after_dead_letter")
+
+
+def declare_hooks() -> None:
+    """Give every Dramatiq middleware jobkit's hooks as no-ops (idempotent)."""
+    for name in HOOKS:
+        if name not in vars(Middleware):
+            setattr(Middleware, name, vars(JobkitMiddleware)[name])
+
+
+declare_hooks()
