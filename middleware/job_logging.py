@@ -577,21 +577,18 @@ class JobLogging(JobkitMiddleware):
     def after_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
         if not self.active:
             return
-        fields = self._fields(message)
-        running = self._attempts.get(message)
-        if running is not None and delay is not None:
-            # Re-enqueued with a delay while this worker handles it: Retries scheduling the
-            # next attempt. (A due delayed copy moving to its queue has no delay.)
+        kind = outcomes.enqueue_kind(message, delay)
+        if kind == outcomes.RETRY:
+            running = self._attempts.get(message)
+            assert running is not None  # what makes it a retry
             self.log.warning(
                 "job.retry_scheduled",
                 **running.fields,
                 next_attempt=int(message.options.get("retries", 0)) + 1,
                 delay_ms=delay,
             )
-        elif outcomes.peek(message.message_id) == outcomes.DEFERRED:
-            pass  # RateLimits logs job.rate_limited
-        else:
-            self.log.info("job.enqueued", **fields, delay_ms=delay)
+        elif kind != outcomes.DEFERRAL:  # RateLimits logs job.rate_limited
+            self.log.info("job.enqueued", **self._fields(message), delay_ms=delay)
 
     def before_process_message(self, broker: Broker, message: Message) -> None:
         attempt = self._attempts.begin(message)

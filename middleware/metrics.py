@@ -180,12 +180,11 @@ class Metrics(JobkitMiddleware):
             self._tally.inc(self._child("jobs", *labels, "skipped"))
 
     def after_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
-        # Re-enqueued while this thread handles it: a retry (deferrals are counted apart).
-        if not self._m or delay is None:
-            return
+        # Deferrals are counted apart (after_skip_message).
         if (
-            self._attempts.get(message) is not None
-            and outcomes.peek(message.message_id) != outcomes.DEFERRED
+            self._m
+            and delay is not None
+            and outcomes.enqueue_kind(message, delay) == outcomes.RETRY
         ):
             self._tally.inc(self._child("retried", message.actor_name, message.queue_name))
 

@@ -2,6 +2,9 @@
 
 RateLimits notes ``deferred`` or ``rate_limited`` for a message it skipped;
 JobLogging (and dead-letter handling) read the note after the ack or nack.
+:func:`enqueue_kind` says what an enqueue is (a send, a retry, a deferral, ...),
+so logs, metrics and Sentry count the same events; :func:`dead_letter_reason`
+says why a job is dead-lettered, with the retry limit Retries itself applies.
 """
 
 from __future__ import annotations
@@ -9,12 +12,18 @@ from __future__ import annotations
 import threading
 import time
 
+import dramatiq.middleware
 from dramatiq import Broker, Message
 from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import SkipMessage, TimeLimitExceeded
 
+from .deliveries import ATTEMPTS
+
 DEFERRED = "deferred"
 RATE_LIMITED = "rate_limited"
+
+#: What an enqueue is (:func:`enqueue_kind`).
+SENT, RETRY, DEFERRAL, DUE, REPLAY = "sent", "retry", "deferral", "due", "replay"
 
 _notes: dict[str, str] = {}
 _lock = threading.Lock()
@@ -36,6 +45,34 @@ def pop(message_id: str) -> str | None:
         return _notes.pop(message_id, None)
 
 
+def enqueue_kind(message: Message, delay: int | None) -> str:
+    """What enqueueing ``message`` (with ``delay``) is, as every observer must count it.
+
+    - ``DEFERRAL``: RateLimits puts the job back for later (it noted that for this delivery);
+    - ``RETRY``: Retries re-enqueues, with a delay, the job this worker thread is running;
+    - ``DUE``: a delayed message moving to its queue (no delay; it has an ``eta``);
+    - ``REPLAY``: a dead letter sent again (``replayed_from``);
+    - ``SENT``: anything else (app code, pipelines, callbacks).
+    """
+    if peek(message.message_id) == DEFERRED:
+        return DEFERRAL
+    if delay is not None and ATTEMPTS.get(message) is not None:
+        return RETRY
+    options = message.options
+    if delay is None and "eta" in options:
+        return DUE
+    return REPLAY if "replayed_from" in options else SENT
+
+
+def max_retries(broker: Broker, message: Message, actor_options: dict) -> int | None:
+    """The retry limit Retries applies: the message's, the actor's, else the middleware's own."""
+    default = next(
+        (m.max_retries for m in broker.middleware if isinstance(m, dramatiq.middleware.Retries)),
+        None,  # no Retries in the stack: nothing is retried, so no limit is ever reached
+    )
+    return message.options.get("max_retries", actor_options.get("max_retries", default))
+
+
 def dead_letter_reason(broker: Broker, message: Message, exception: BaseException | None) -> str:
     """Why a message is being dead-lettered, as far as this delivery shows."""
     noted = peek(message.message_id)
@@ -53,9 +90,9 @@ def dead_letter_reason(broker: Broker, message: Message, exception: BaseExceptio
     throws = message.options.get("throws") or options.get("throws")
     if throws and isinstance(exception, throws):
         return "non_retryable"
-    max_retries = message.options.get("max_retries", options.get("max_retries", 20))
+    limit = max_retries(broker, message, options)
     # Retries has counted the failed attempt: retries > max_retries once exhausted.
-    if max_retries is not None and int(message.options.get("retries", 0)) > int(max_retries):
+    if limit is not None and int(message.options.get("retries", 0)) > int(limit):
         return "time_limit" if isinstance(exception, TimeLimitExceeded) else "retries_exhausted"
     return "not_retried"
 

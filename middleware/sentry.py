@@ -113,7 +113,7 @@ class SentryAlerts(Middleware):
             self._delivery.start(message, failure=(exception, attempt))
 
     def after_enqueue(self, broker: Broker, message: Message, delay: int | None) -> None:
-        if delay is None:  # a due delayed copy moving to its queue, not a retry
+        if delay is None or outcomes.enqueue_kind(message, delay) != outcomes.RETRY:
             return
         delivery = self._delivery.end(message)
         failure = delivery["failure"] if delivery else None
