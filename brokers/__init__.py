@@ -22,7 +22,7 @@ from jobkit.errors import (
     JobkitError,
 )
 from jobkit.settings import Settings, current
-from middleware.job_logging import configure_logging
+from middleware.log_config import configure_logging
 from middleware.message_guard import MessageRules, check_encoder
 from middleware.priorities import PriorityConfig
 from middleware.sentry import init_sentry

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from jobkit.settings import current
-from middleware.job_logging import configure_logging
+from middleware.log_config import configure_logging
 from middleware.metrics import address, group_dir
 from middleware.priorities import PriorityConfig
 

@@ -16,13 +16,11 @@ import pytest
 from dramatiq import Broker
 
 from brokers.processes import start_process_group, stop_process_group
-from middleware.job_logging import (
-    JsonJobEvents,
-    LineBuffer,
-    SafeRecords,
-    SerializedStream,
-    configure_logging,
-)
+from middleware import job_events, log_config
+from middleware.job_events import JsonJobEvents
+from middleware.log_config import configure_logging
+from middleware.log_processors import SafeRecords
+from middleware.log_streams import CHUNK_CHARS, LineBuffer, SerializedStream
 from middleware.redaction import REDACTED, Redactor, escape_control
 from tests.conftest import env_for, url_for
 from tests.support.logged import MARKERS_ENV, declare_logged
@@ -71,12 +69,11 @@ def own_logging(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     """Let a test configure this process's logging, then put everything back."""
     import structlog
 
-    from middleware import job_logging
-
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
-    for name in ("_configured", "_job_events", "_line_buffer"):
-        monkeypatch.setattr(job_logging, name, getattr(job_logging, name))
+    monkeypatch.setattr(log_config, "CONFIGURED", log_config.CONFIGURED)
+    for name in ("JOB_EVENTS", "_line_buffer"):
+        monkeypatch.setattr(job_events, name, getattr(job_events, name))
     was_configured, saved_structlog = structlog.is_configured(), structlog.get_config()
     root.handlers = []
     yield
@@ -194,8 +191,6 @@ def test_job_events_come_out_once_each_in_the_order_they_were_handed_over() -> N
 
 
 def test_a_flush_writes_whole_lines_in_chunks_and_an_over_long_line_whole() -> None:
-    from middleware.job_logging import CHUNK_CHARS
-
     writes: list[str] = []
 
     class Stream:

@@ -369,10 +369,10 @@ def test_a_job_that_would_wait_past_max_wait_is_dead_lettered_without_retries(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from brokers import queue_depths
-    from middleware import job_logging
+    from middleware import job_events, log_config
 
-    monkeypatch.setattr(job_logging, "_configured", "json")  # job events on, handlers untouched
-    monkeypatch.setattr(job_logging, "_job_events", None)  # through logging, where caplog sees them
+    monkeypatch.setattr(log_config, "CONFIGURED", "json")  # job events on, handlers untouched
+    monkeypatch.setattr(job_events, "JOB_EVENTS", None)  # through logging, where caplog sees them
     caplog.set_level(logging.INFO)
     log_path = tmp_path / "jobs.jsonl"
     real_broker.add_middleware(JobLog(log_path))

@@ -10,7 +10,7 @@ import dramatiq.cli as dramatiq_cli
 
 from brokers import build_broker, check_broker
 from jobkit.app import app_name
-from middleware.job_logging import configure_logging, resolve_format
+from middleware.log_config import configure_logging, resolve_format
 
 
 def add_parser(subcommands: argparse._SubParsersAction) -> None:
