@@ -32,6 +32,8 @@ from typing import Any
 
 import structlog
 from dramatiq import Broker, Message
+from dramatiq.broker import MessageProxy
+from structlog.typing import EventDict
 
 from jobkit.errors import BrokerConfigError
 from jobkit.settings import current
@@ -62,7 +64,7 @@ def _dumps_text(value: Any, default: Any = None, **_: Any) -> str:
     return _dumps(value, default).decode()
 
 
-def _stamp(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _stamp(logger: Any, name: str, event: EventDict) -> EventDict:
     event["ts"] = utc_timestamp()
     return event
 
@@ -73,7 +75,7 @@ _current_job: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar(
 )
 
 
-def _merge_current_job(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _merge_current_job(logger: Any, name: str, event: EventDict) -> EventDict:
     """Adds the running job's fields to any log line written while it runs (actor code's too)."""
     job = _current_job.get()
     if job is not None:
@@ -88,14 +90,14 @@ def current_job() -> dict[str, Any] | None:
     return job.fields if job is not None else None
 
 
-def _process_facts(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _process_facts(logger: Any, name: str, event: EventDict) -> EventDict:
     event.setdefault("host", HOST)
     event.setdefault("pid", os.getpid())
     return event
 
 
 def _cap_fields(escape: bool):  # noqa: ANN202
-    def cap(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+    def cap(logger: Any, name: str, event: EventDict) -> EventDict:
         for key, value in event.items():
             if isinstance(value, str):
                 if len(value) > MAX_FIELD:
@@ -108,7 +110,7 @@ def _cap_fields(escape: bool):  # noqa: ANN202
     return cap
 
 
-def _cap_exception(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _cap_exception(logger: Any, name: str, event: EventDict) -> EventDict:
     exception = event.get("exception")
     if isinstance(exception, str) and len(exception) > MAX_FIELD:
         event["exception"] = exception[:MAX_FIELD] + "…"
@@ -293,7 +295,7 @@ def _serialize_pipe_writes(root: logging.Logger) -> None:
         stream = getattr(handler, "stream", None)
         if isinstance(stream, StreamablePipe) and handler.lock is not None:
             locked = SerializedStream(stream, handler.lock)
-            handler.stream = locked
+            handler.stream = locked  # type: ignore[attr-defined]  # it has one (getattr above)
             for name in ("stdout", "stderr"):
                 if getattr(sys, name) is stream:
                     setattr(sys, name, locked)
@@ -339,15 +341,15 @@ class LineBuffer:
         """One rendered JSON object (without its newline)."""
         self.add(line + b"\n")
 
-    def add(self, item: bytes | list[Any]) -> None:
-        """A rendered line (with its newline) or a job record, to write at the next flush."""
+    def add(self, item: bytes | list[Any] | tuple[Callable[[Any], bytes], Any]) -> None:
+        """A rendered line (with its newline), a job record or a deferred render, to write next."""
         self._lines.append(item)
         if len(self._lines) >= self.max_lines:
             self.flush_now()
 
     def defer(self, render: Callable[[Any], bytes], item: Any) -> None:
         """A line to be made by ``render(item)`` when the buffer is flushed, in its turn."""
-        self.add((render, item))  # type: ignore[arg-type]
+        self.add((render, item))
 
     def msg(self, line: bytes) -> None:
         """structlog's logger interface (as BytesLogger's): one rendered JSON line."""
@@ -465,8 +467,8 @@ class JsonJobEvents:
     def job_succeeded(self, attempt: Attempt) -> None:
         """An attempt's success at INFO (after ``attempt.finish()``), handed over as a record."""
         if self._level <= logging.INFO:
-            duration_s = attempt.duration_s
-            finished_at = attempt.started_at + duration_s  # type: ignore[operator] - by finish()
+            duration_s = attempt.finish()  # the value finish() already measured
+            finished_at = attempt.started_at + duration_s
             self._sink.add([SUCCEEDED, attempt.key, duration_s, finished_at])
 
     def _render_item(self, item: tuple[str, str, dict[str, Any], dict[str, Any], float]) -> bytes:
@@ -495,17 +497,17 @@ def _set_job_events(root: logging.Logger, fmt: str) -> None:
     if handler is None:
         _job_events = None
         return
-    stale = _line_buffer is None or _line_buffer.handler is not handler
-    if stale or _line_buffer.pid != os.getpid():  # type: ignore[union-attr]
-        if _line_buffer is not None and _line_buffer.pid == os.getpid():
+    buffer = _line_buffer
+    if buffer is None or buffer.handler is not handler or buffer.pid != os.getpid():
+        if buffer is not None and buffer.pid == os.getpid():
             flush_job_events()
-        _line_buffer = LineBuffer(handler)
+        buffer = _line_buffer = LineBuffer(handler)
     if fmt == "json":
-        _job_events = JsonJobEvents(_line_buffer, root.getEffectiveLevel())
+        _job_events = JsonJobEvents(buffer, root.getEffectiveLevel())
         return
     # A terminal reads a few lines a second: the full chain, with control characters escaped.
     _job_events = structlog.wrap_logger(
-        structlog.WriteLogger(_line_buffer),  # type: ignore[arg-type]
+        structlog.WriteLogger(buffer),  # type: ignore[arg-type]  # file-like, not a TextIO
         processors=[
             structlog.processors.add_log_level,
             _stamp,
@@ -555,11 +557,13 @@ class JobLogging(JobkitMiddleware):
         """
         return _configured is not None
 
-    def _fields_of(self, attempt: Attempt | None, message: Message) -> dict[str, Any]:
+    def _fields_of(
+        self, attempt: Attempt | None, message: Message | MessageProxy
+    ) -> dict[str, Any]:
         # Retries has already counted this attempt in options["retries"]: the start's fields.
         return attempt.fields if attempt is not None else self._fields(unwrap(message))
 
-    def _fields(self, message: Message) -> dict[str, Any]:
+    def _fields(self, message: Message | MessageProxy) -> dict[str, Any]:
         options = message.options
         return job_fields(
             (
@@ -590,7 +594,7 @@ class JobLogging(JobkitMiddleware):
         elif kind != outcomes.DEFERRAL:  # RateLimits logs job.rate_limited
             self.log.info("job.enqueued", **self._fields(message), delay_ms=delay)
 
-    def before_process_message(self, broker: Broker, message: Message) -> None:
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         attempt = self._attempts.begin(message)
         _current_job.set(attempt)
         inner = attempt.message
@@ -614,7 +618,12 @@ class JobLogging(JobkitMiddleware):
             )
 
     def after_process_message(
-        self, broker: Broker, message: Message, *, result: Any = None, exception: Any = None
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any | None = None,
+        exception: BaseException | None = None,
     ) -> None:
         attempt = self._attempts.get(message)
         duration = attempt.finish() if attempt is not None else None
@@ -637,12 +646,12 @@ class JobLogging(JobkitMiddleware):
             )
         _current_job.set(None)
 
-    def after_skip_message(self, broker: Broker, message: Message) -> None:
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         if outcomes.peek(message.message_id) is None:  # else RateLimits said why
             self.log.info("job.skipped", **self._fields(message))
         _current_job.set(None)
 
-    def after_ack(self, broker: Broker, message: Message) -> None:
+    def after_ack(self, broker: Broker, message: MessageProxy) -> None:
         # JobLogging comes before Metrics in the stack, so its after-hooks run last: it ends
         # the shared attempt.
         attempt = self._attempts.end(message)
@@ -651,7 +660,7 @@ class JobLogging(JobkitMiddleware):
     def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         flush_job_events()
 
-    def after_nack(self, broker: Broker, message: Message) -> None:
+    def after_nack(self, broker: Broker, message: MessageProxy) -> None:
         attempt = self._attempts.end(message)
         fields = self._fields_of(attempt, message)
         exception = (attempt and attempt.exception) or getattr(message, "_exception", None)
