@@ -36,4 +36,4 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .cache *.egg-info

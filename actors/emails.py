@@ -121,6 +121,7 @@ def send_email(
     priority: str | None = None,
 ) -> dramatiq.Message:
     """Enqueue an email; its ``Message-ID`` is chosen now and kept on every attempt."""
+    options: dict[str, Any] = {"priority": priority} if priority else {}
     return deliver_email.send_with_options(
         args=(to, subject, body),
         kwargs={
@@ -130,7 +131,7 @@ def send_email(
             "headers": headers or {},
             "message_id": make_msgid(domain="jobkit"),
         },
-        **({"priority": priority} if priority else {}),
+        **options,
     )
 
 
@@ -163,15 +164,15 @@ def deliver_email(
         logger.info("email %s written to %s", email["Message-ID"], path)
         return
     try:
-        settings = SmtpSettings.from_url(smtp_url)
+        smtp = SmtpSettings.from_url(smtp_url)
     except ValueError as error:
         raise EmailRejected(str(error)) from None
-    refused = send_over_smtp(email, settings)
+    refused = send_over_smtp(email, smtp)
     recipients = len(recipients_of(email))
     logger.info(
         "email %s sent through %s to %d of %d recipients",
         email["Message-ID"],
-        settings.display,
+        smtp.display,
         recipients - len(refused),
         recipients,
     )

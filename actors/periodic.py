@@ -92,7 +92,7 @@ def daily_summary(output_dir: str | None = None) -> str:
             by_queue[record.get("queue", "?")] += 1
             by_actor[record.get("actor", "?")] += 1
             by_reason[record.get("reason", "?")] += 1
-    summary = {
+    summary: dict[str, Any] = {
         "generated_at": now.isoformat(timespec="seconds"),
         "since": iso_ms(since_ms),
         "dead_letters": {

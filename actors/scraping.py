@@ -266,7 +266,7 @@ def _fetch_robots(client: httpx.Client, origin: str) -> RobotFileParser:
     except httpx.TransportError as error:
         raise ScrapeUnavailable(f"GET {url}: {type(error).__name__}: {error}") from None
     # No robots.txt (404, or any other 4xx): nothing is off limits.
-    rules.allow_all = True
+    rules.allow_all = True  # type: ignore[attr-defined]  # RobotFileParser's; typeshed omits it
     return rules
 
 

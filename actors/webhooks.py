@@ -49,6 +49,7 @@ def send_webhook(
     priority: str | None = None,
 ) -> dramatiq.Message:
     """Enqueue a webhook delivery; the key (a new UUID unless given) is fixed at send time."""
+    options: dict[str, Any] = {"priority": priority} if priority else {}
     return deliver_webhook.send_with_options(
         args=(url, payload),
         kwargs={
@@ -56,7 +57,7 @@ def send_webhook(
             "headers": headers or {},
             "timeout_s": timeout_s,
         },
-        **({"priority": priority} if priority else {}),
+        **options,
     )
 
 

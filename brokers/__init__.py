@@ -85,7 +85,7 @@ def build_broker(
     rules = MessageRules.from_settings(settings)
     priority_config = PriorityConfig.from_settings(settings)
     broker = build_transport(spec, build_stack(settings), priority_config, settings)
-    broker.message_rules = rules  # type: ignore[attr-defined] - read by jobkit's consumers
+    broker.message_rules = rules  # type: ignore[attr-defined]  # read by jobkit's consumers
     use_state(broker, settings)
     return broker
 

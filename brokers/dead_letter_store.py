@@ -24,10 +24,11 @@ import logging
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 from dramatiq import Broker, Message
+from dramatiq.broker import MessageProxy
 
 from jobkit.errors import JobkitError
 from jobkit.settings import current
@@ -219,7 +220,11 @@ class DeadLetterStore:
         low = filters.since_ms if filters.since_ms is not None else "-inf"
         offset = 0
         while True:
-            ids = self.client.zrevrangebyscore(index, high, low, start=offset, num=batch)
+            # Without scores: a list of members.
+            ids = cast(
+                "list[bytes]",
+                self.client.zrevrangebyscore(index, high, low, start=offset, num=batch),
+            )
             if not ids:
                 return
             offset += len(ids)
@@ -326,7 +331,7 @@ def has_store(broker: Broker) -> bool:
     return True
 
 
-def keep_failed(broker: Broker, message: Message) -> bool:
+def keep_failed(broker: Broker, message: Message | MessageProxy) -> bool:
     """Store the dead letter of a message a worker rejects; ``False`` if it could not be stored.
 
     The caller (the broker's consumer) removes the message from its queue only

@@ -94,7 +94,7 @@ def _client(socket: Path, timeout: float = 2.0) -> redis.Redis:
     # socket take ~5 s.
     return redis.Redis(
         unix_socket_path=str(socket),
-        retry=None,
+        retry=None,  # type: ignore[arg-type]  # redis-py takes None (no retries)
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
     )

@@ -31,7 +31,8 @@ class _MiddlewareList(list):
         super().__init__(items)
         self._on_change = on_change
 
-    def _changed(name: str) -> Any:  # noqa: N805 - builds methods below
+    @staticmethod
+    def _changed(name: str) -> Any:  # builds the methods below
         def method(self: _MiddlewareList, *args: Any, **kwargs: Any) -> Any:
             result = getattr(list, name)(self, *args, **kwargs)
             self._on_change()

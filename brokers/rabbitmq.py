@@ -408,7 +408,7 @@ class _ConfirmedPublisher:
             self._frames.clear()
             self._frames_size = 0
             self._impl.bytes_sent += len(data)
-            self._emit(data)  # type: ignore[misc] - frames gather only when it is set
+            self._emit(data)  # type: ignore[misc]  # frames gather only when it is set
 
     def release(self) -> None:
         """Write what is gathered and give pika its own writer back (closing frames go out)."""

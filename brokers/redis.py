@@ -349,7 +349,7 @@ class PriorityRedisConsumer(_RedisConsumer):
         if not keep_undecodable(self.broker, self.queue_name, raw, error):
             self.message_cache.insert(0, (redis_id, data, redeliveries))  # close() gives it back
             raise ConnectionClosed(redis.ConnectionError("dead-letter store unavailable"))
-        self.broker.do_ack(self.queue_name, redis_id)  # type: ignore[arg-type] - bytes: may not be UTF-8
+        self.broker.do_ack(self.queue_name, redis_id)  # bytes: may not be UTF-8
 
     def nack(self, message: MessageProxy) -> None:
         redis_id = message.options["redis_message_id"]
@@ -493,10 +493,10 @@ class DeadWorkerSweep(Middleware):
     def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         self._stopping.set()
 
-    def _run(self, broker: Broker) -> None:
+    def _run(self, broker: PriorityRedisBroker) -> None:
         while not self._stopping.wait(self.interval_s):
             try:
-                sweep(broker)  # type: ignore[arg-type]
+                sweep(broker)
             except redis.RedisError as error:
                 logger.warning(
                     "dead-worker sweep failed (next in %.0f s): %s", self.interval_s, error
@@ -514,6 +514,7 @@ class RedisSettingsCheck(Middleware):
 
     def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
         try:
+            # Only in a Redis broker's stack (redis_broker), which has a client.
             problems = unsafe_settings(broker.client)  # type: ignore[attr-defined]
         except redis.RedisError:
             return  # the consumers report an unreachable server

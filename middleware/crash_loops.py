@@ -26,7 +26,8 @@ from typing import Any
 
 import redis
 import structlog
-from dramatiq import Broker, Message, Worker
+from dramatiq import Broker, Worker
+from dramatiq.broker import MessageProxy
 from dramatiq.middleware import SkipMessage
 
 from jobkit.errors import JobkitError
@@ -78,12 +79,14 @@ class CrashLoops(JobkitMiddleware):
                 risk="a job that kills its worker is redelivered forever",
             )
 
-    def before_process_message(self, broker: Broker, message: Message) -> None:
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         if self.client is None or not getattr(message, "redelivered", False):
             return
         key = f"{KEY_PREFIX}:{message.message_id}"
         with self.client.pipeline(transaction=False) as pipe:
-            starts, _ = pipe.incr(key).expire(key, COUNT_TTL_S).execute()
+            pipe.incr(key)
+            pipe.expire(key, COUNT_TTL_S)
+            starts, _ = pipe.execute()
         # The worker holding this job died `starts` times in a row (it ran in all but
         # perhaps the first: a prefetched job dies with its worker without running).
         if starts >= self.limit:
@@ -105,14 +108,19 @@ class CrashLoops(JobkitMiddleware):
             self._counted.add(message.message_id)
 
     def after_process_message(
-        self, broker: Broker, message: Message, *, result: Any = None, exception: Any = None
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any | None = None,
+        exception: BaseException | None = None,
     ) -> None:
         self._clear(message)
 
-    def after_skip_message(self, broker: Broker, message: Message) -> None:
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         self._clear(message)
 
-    def _clear(self, message: Message) -> None:
+    def _clear(self, message: MessageProxy) -> None:
         if not self._counted or message.message_id not in self._counted:
             return
         with self._lock:

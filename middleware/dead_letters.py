@@ -38,6 +38,7 @@ from uuid import uuid4
 
 import redis
 from dramatiq import Broker, Message
+from dramatiq.broker import MessageProxy
 from dramatiq.common import q_name
 
 from jobkit.errors import BrokerConfigError
@@ -84,7 +85,7 @@ def iso_ms(ms: int | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
 
 
-def message_as_sent(message: Message) -> dict[str, Any]:
+def message_as_sent(message: Message | MessageProxy) -> dict[str, Any]:
     """The message's fields without what its deliveries added (retry count, ids, etas)."""
     fields = message.asdict()
     fields["args"] = list(fields["args"])
@@ -123,7 +124,10 @@ def _tail(text: str | None, limit: int) -> str | None:
 
 
 def describe_failure(
-    broker: Broker, message: Message, *, traceback_chars: int = DEFAULT_TRACEBACK_CHARS
+    broker: Broker,
+    message: Message | MessageProxy,
+    *,
+    traceback_chars: int = DEFAULT_TRACEBACK_CHARS,
 ) -> dict[str, Any]:
     """The dead-letter record of a message being rejected in this worker."""
     exception = getattr(message, "_exception", None)
@@ -283,7 +287,8 @@ class DeadLetters(JobkitMiddleware):
                 "cannot list them"
             )
 
-    def before_nack(self, broker: Broker, message: Message) -> None:
+    def before_nack(self, broker: Broker, message: MessageProxy) -> None:
+        # An attribute jobkit adds to the worker's MessageProxy, for the consumer's nack.
         message.dead_letter = describe_failure(  # type: ignore[attr-defined]
             broker, message, traceback_chars=self.traceback_chars
         )
@@ -297,7 +302,7 @@ class DeadLetters(JobkitMiddleware):
                 logger.exception("dead letters: on_dead_letter hook %r failed", hook)
 
 
-def dead_letter_of(broker: Broker, message: Message) -> dict[str, Any]:
+def dead_letter_of(broker: Broker, message: Message | MessageProxy) -> dict[str, Any]:
     """The record DeadLetters made for ``message`` (or one made now, if it is not installed)."""
     record = getattr(message, "dead_letter", None)
     return record if record is not None else describe_failure(broker, message)

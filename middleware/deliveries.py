@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from threading import get_ident
 from time import monotonic, time
-from typing import Any
+from typing import Any, cast
 
 from dramatiq import Message
 from dramatiq.broker import MessageProxy
@@ -28,7 +28,8 @@ def unwrap(message: Message | MessageProxy) -> Message:
     the wrapped message instead.
     """
     inner = message.__dict__.get("_message") if isinstance(message, MessageProxy) else None
-    return inner if inner is not None else message
+    # Else a Message, or a proxy without one (never Dramatiq's), which reads like its message.
+    return inner if inner is not None else cast(Message, message)
 
 
 class CurrentDelivery:
@@ -42,12 +43,12 @@ class CurrentDelivery:
     def __init__(self) -> None:
         self._states: dict[int, dict[str, Any]] = {}
 
-    def start(self, message: Message, **state: Any) -> dict[str, Any]:
+    def start(self, message: Message | MessageProxy, **state: Any) -> dict[str, Any]:
         state["message_id"] = message.message_id
         self._states[get_ident()] = state
         return state
 
-    def get(self, message: Message) -> dict[str, Any] | None:
+    def get(self, message: Message | MessageProxy) -> dict[str, Any] | None:
         state = self._states.get(get_ident())
         return state if state is not None and state["message_id"] == message.message_id else None
 
@@ -55,7 +56,7 @@ class CurrentDelivery:
         """Every worker thread's current state (a snapshot, safe while threads change theirs)."""
         return list(self._states.values())
 
-    def end(self, message: Message) -> dict[str, Any] | None:
+    def end(self, message: Message | MessageProxy) -> dict[str, Any] | None:
         thread = get_ident()
         state = self._states.get(thread)
         if state is None or state["message_id"] != message.message_id:

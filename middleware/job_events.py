@@ -79,8 +79,8 @@ class JsonJobEvents:
     def job_succeeded(self, attempt: Attempt) -> None:
         """An attempt's success at INFO (after ``attempt.finish()``), handed over as a record."""
         if self._level <= logging.INFO:
-            duration_s = attempt.duration_s
-            finished_at = attempt.started_at + duration_s  # type: ignore[operator] - by finish()
+            duration_s = attempt.finish()  # the value finish() already measured
+            finished_at = attempt.started_at + duration_s
             self._sink.add([SUCCEEDED, attempt.key, duration_s, finished_at])
 
     def _render_item(self, item: tuple[str, str, dict[str, Any], dict[str, Any], float]) -> bytes:
@@ -109,17 +109,17 @@ def set_job_events(root: logging.Logger, fmt: str) -> None:
     if handler is None:
         JOB_EVENTS = None
         return
-    stale = _line_buffer is None or _line_buffer.handler is not handler
-    if stale or _line_buffer.pid != os.getpid():  # type: ignore[union-attr]
-        if _line_buffer is not None and _line_buffer.pid == os.getpid():
+    buffer = _line_buffer
+    if buffer is None or buffer.handler is not handler or buffer.pid != os.getpid():
+        if buffer is not None and buffer.pid == os.getpid():
             flush_job_events()
-        _line_buffer = LineBuffer(handler)
+        buffer = _line_buffer = LineBuffer(handler)
     if fmt == "json":
-        JOB_EVENTS = JsonJobEvents(_line_buffer, root.getEffectiveLevel())
+        JOB_EVENTS = JsonJobEvents(buffer, root.getEffectiveLevel())
         return
     # A terminal reads a few lines a second: the full chain, with control characters escaped.
     JOB_EVENTS = structlog.wrap_logger(
-        structlog.WriteLogger(_line_buffer),  # type: ignore[arg-type]
+        structlog.WriteLogger(buffer),  # type: ignore[arg-type]  # file-like, not a TextIO
         processors=[
             structlog.processors.add_log_level,
             stamp,

@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 from dramatiq import Broker, Message
+from dramatiq.broker import MessageProxy
 
 from . import job_events, log_config, outcomes
 from .dead_letters import dead_letter_of
@@ -72,11 +73,13 @@ class JobLogging(JobkitMiddleware):
         """
         return log_config.CONFIGURED is not None
 
-    def _fields_of(self, attempt: Attempt | None, message: Message) -> dict[str, Any]:
+    def _fields_of(
+        self, attempt: Attempt | None, message: Message | MessageProxy
+    ) -> dict[str, Any]:
         # Retries has already counted this attempt in options["retries"]: the start's fields.
         return attempt.fields if attempt is not None else self._fields(unwrap(message))
 
-    def _fields(self, message: Message) -> dict[str, Any]:
+    def _fields(self, message: Message | MessageProxy) -> dict[str, Any]:
         options = message.options
         return job_fields(
             (
@@ -107,7 +110,7 @@ class JobLogging(JobkitMiddleware):
         elif kind != outcomes.DEFERRAL:  # RateLimits logs job.rate_limited
             self.log.info("job.enqueued", **self._fields(message), delay_ms=delay)
 
-    def before_process_message(self, broker: Broker, message: Message) -> None:
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         attempt = self._attempts.begin(message)
         CURRENT_JOB.set(attempt)
         inner = attempt.message
@@ -131,7 +134,12 @@ class JobLogging(JobkitMiddleware):
             )
 
     def after_process_message(
-        self, broker: Broker, message: Message, *, result: Any = None, exception: Any = None
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any | None = None,
+        exception: BaseException | None = None,
     ) -> None:
         attempt = self._attempts.get(message)
         duration = attempt.finish() if attempt is not None else None
@@ -154,12 +162,12 @@ class JobLogging(JobkitMiddleware):
             )
         CURRENT_JOB.set(None)
 
-    def after_skip_message(self, broker: Broker, message: Message) -> None:
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         if outcomes.peek(message.message_id) is None:  # else RateLimits said why
             self.log.info("job.skipped", **self._fields(message))
         CURRENT_JOB.set(None)
 
-    def after_ack(self, broker: Broker, message: Message) -> None:
+    def after_ack(self, broker: Broker, message: MessageProxy) -> None:
         # JobLogging comes before Metrics in the stack, so its after-hooks run last: it ends
         # the shared attempt.
         attempt = self._attempts.end(message)
@@ -168,7 +176,7 @@ class JobLogging(JobkitMiddleware):
     def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         flush_job_events()
 
-    def after_nack(self, broker: Broker, message: Message) -> None:
+    def after_nack(self, broker: Broker, message: MessageProxy) -> None:
         attempt = self._attempts.end(message)
         fields = self._fields_of(attempt, message)
         exception = (attempt and attempt.exception) or getattr(message, "_exception", None)

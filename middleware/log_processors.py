@@ -13,6 +13,7 @@ import socket
 from typing import Any
 
 import structlog
+from structlog.typing import EventDict
 
 from .deliveries import Attempt
 from .job_lines import dumps, utc_timestamp
@@ -29,7 +30,7 @@ def dumps_text(value: Any, default: Any = None, **_: Any) -> str:
     return dumps(value, default).decode()
 
 
-def stamp(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+def stamp(logger: Any, name: str, event: EventDict) -> EventDict:
     event["ts"] = utc_timestamp()
     return event
 
@@ -40,7 +41,7 @@ CURRENT_JOB: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar(
 )
 
 
-def _merge_current_job(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _merge_current_job(logger: Any, name: str, event: EventDict) -> EventDict:
     """Adds the running job's fields to any log line written while it runs (actor code's too)."""
     job = CURRENT_JOB.get()
     if job is not None:
@@ -55,14 +56,14 @@ def current_job() -> dict[str, Any] | None:
     return job.fields if job is not None else None
 
 
-def _process_facts(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _process_facts(logger: Any, name: str, event: EventDict) -> EventDict:
     event.setdefault("host", HOST)
     event.setdefault("pid", os.getpid())
     return event
 
 
 def cap_fields(escape: bool):  # noqa: ANN202
-    def cap(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+    def cap(logger: Any, name: str, event: EventDict) -> EventDict:
         for key, value in event.items():
             if isinstance(value, str):
                 if len(value) > MAX_FIELD:
@@ -75,7 +76,7 @@ def cap_fields(escape: bool):  # noqa: ANN202
     return cap
 
 
-def cap_exception(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+def cap_exception(logger: Any, name: str, event: EventDict) -> EventDict:
     exception = event.get("exception")
     if isinstance(exception, str) and len(exception) > MAX_FIELD:
         event["exception"] = exception[:MAX_FIELD] + "…"

@@ -90,7 +90,7 @@ def serialize_pipe_writes(root: logging.Logger) -> None:
         stream = getattr(handler, "stream", None)
         if isinstance(stream, StreamablePipe) and handler.lock is not None:
             locked = SerializedStream(stream, handler.lock)
-            handler.stream = locked
+            handler.stream = locked  # type: ignore[attr-defined]  # it has one (getattr above)
             for name in ("stdout", "stderr"):
                 if getattr(sys, name) is stream:
                     setattr(sys, name, locked)
@@ -136,15 +136,15 @@ class LineBuffer:
         """One rendered JSON object (without its newline)."""
         self.add(line + b"\n")
 
-    def add(self, item: bytes | list[Any]) -> None:
-        """A rendered line (with its newline) or a job record, to write at the next flush."""
+    def add(self, item: bytes | list[Any] | tuple[Callable[[Any], bytes], Any]) -> None:
+        """A rendered line (with its newline), a job record or a deferred render, to write next."""
         self._lines.append(item)
         if len(self._lines) >= self.max_lines:
             self.flush_now()
 
     def defer(self, render: Callable[[Any], bytes], item: Any) -> None:
         """A line to be made by ``render(item)`` when the buffer is flushed, in its turn."""
-        self.add((render, item))  # type: ignore[arg-type]
+        self.add((render, item))
 
     def msg(self, line: bytes) -> None:
         """structlog's logger interface (as BytesLogger's): one rendered JSON line."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 from dramatiq import Broker, Message, Middleware, get_encoder
-from dramatiq.encoder import JSONEncoder
+from dramatiq.encoder import Encoder, JSONEncoder
 from dramatiq.middleware import MiddlewareError
 
 from jobkit.errors import BrokerConfigError, JobkitError
@@ -98,7 +98,7 @@ class MessageGuard(Middleware):
                 )
 
 
-def _encoded_size(encoder: JSONEncoder, fields: dict, limit: int) -> int:
+def _encoded_size(encoder: Encoder, fields: dict, limit: int) -> int:
     """The size of ``fields`` as ``encoder`` writes it, or 0 when certainly within ``limit``.
 
     Dramatiq's JSON (ASCII, with every other character escaped to at most 6

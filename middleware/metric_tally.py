@@ -73,7 +73,7 @@ class Tally:
         duration are summed at the next flush."""
         # atomic: no lock
         self._finished.append(
-            (attempt.actor, attempt.queue, succeeded, attempt.latency_ms, attempt.duration_s)
+            (attempt.actor, attempt.queue, succeeded, attempt.latency_ms, attempt.finish())
         )
 
     def _sum_finished(self) -> dict[Any, list[float]]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dramatiq import Broker, Message, Worker
+from dramatiq.broker import MessageProxy
 
 from jobkit.settings import current
 
@@ -133,7 +134,7 @@ class Metrics(JobkitMiddleware):
         return child
 
     def _in_flight(self) -> dict[Any, float]:
-        counts = dict.fromkeys(
+        counts: dict[Any, float] = dict.fromkeys(
             (child for (name, _), child in list(self._children.items()) if name == "in_flight"), 0
         )
         for attempt in self._attempts.running():
@@ -150,12 +151,17 @@ class Metrics(JobkitMiddleware):
             self._child("duration", *labels),
         )
 
-    def before_process_message(self, broker: Broker, message: Message) -> None:
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         if self._m:
             self._attempts.begin(message)
 
     def after_process_message(
-        self, broker: Broker, message: Message, *, result: Any = None, exception: Any = None
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any | None = None,
+        exception: BaseException | None = None,
     ) -> None:
         if not self._m:
             return
@@ -167,7 +173,7 @@ class Metrics(JobkitMiddleware):
         attempt.finish()
         self._tally.job(attempt, exception is None)
 
-    def after_skip_message(self, broker: Broker, message: Message) -> None:
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         if not self._m:
             return
         attempt = self._attempts.get(message)

@@ -14,6 +14,7 @@ import time
 
 import dramatiq.middleware
 from dramatiq import Broker, Message
+from dramatiq.broker import MessageProxy
 from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import SkipMessage, TimeLimitExceeded
 
@@ -64,7 +65,7 @@ def enqueue_kind(message: Message, delay: int | None) -> str:
     return REPLAY if "replayed_from" in options else SENT
 
 
-def max_retries(broker: Broker, message: Message, actor_options: dict) -> int | None:
+def max_retries(broker: Broker, message: Message | MessageProxy, actor_options: dict) -> int | None:
     """The retry limit Retries applies: the message's, the actor's, else the middleware's own."""
     default = next(
         (m.max_retries for m in broker.middleware if isinstance(m, dramatiq.middleware.Retries)),
@@ -73,7 +74,9 @@ def max_retries(broker: Broker, message: Message, actor_options: dict) -> int | 
     return message.options.get("max_retries", actor_options.get("max_retries", default))
 
 
-def dead_letter_reason(broker: Broker, message: Message, exception: BaseException | None) -> str:
+def dead_letter_reason(
+    broker: Broker, message: Message | MessageProxy, exception: BaseException | None
+) -> str:
     """Why a message is being dead-lettered, as far as this delivery shows."""
     noted = peek(message.message_id)
     if noted and noted != DEFERRED:
@@ -97,7 +100,9 @@ def dead_letter_reason(broker: Broker, message: Message, exception: BaseExceptio
     return "not_retried"
 
 
-def attempts(broker: Broker, message: Message, exception: BaseException | None) -> int:
+def attempts(
+    broker: Broker, message: Message | MessageProxy, exception: BaseException | None
+) -> int:
     """How many times the job has run, counting this delivery if it ran."""
     retries = int(message.options.get("retries", 0))
     if exception is None or isinstance(exception, SkipMessage | ActorNotFound):
@@ -108,5 +113,5 @@ def attempts(broker: Broker, message: Message, exception: BaseException | None) 
     return retries + 1 if throws and isinstance(exception, throws) else retries
 
 
-def _age_ms(message: Message) -> int:
+def _age_ms(message: Message | MessageProxy) -> int:
     return int(time.time() * 1000) - int(message.message_timestamp)

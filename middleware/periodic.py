@@ -28,11 +28,12 @@ periodiq itself skips a tick older than ``JOBKIT_PERIODIC_SKIP_DELAY`` seconds
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import redis
 import structlog
-from dramatiq import Broker, Message, Worker
+from dramatiq import Broker, Worker
+from dramatiq.broker import MessageProxy
 from dramatiq.middleware import SkipMessage
 from periodiq import PeriodiqMiddleware
 
@@ -96,7 +97,7 @@ class PeriodicTicks(JobkitMiddleware):
                 advice="run exactly one periodiq process",
             )
 
-    def before_process_message(self, broker: Broker, message: Message) -> None:
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         if message.actor_name not in self._periodic or self.client is None:
             return
         scheduled_at = message.options.get("scheduled_at")
@@ -106,7 +107,7 @@ class PeriodicTicks(JobkitMiddleware):
         key = f"{KEY_PREFIX}:{message.actor_name}:{tick}"
         if self.client.set(key, message.message_id, nx=True, ex=LOCK_TTL_S):
             return
-        winner = self.client.get(key)
+        winner = cast("bytes | None", self.client.get(key))  # a client without decode_responses
         if winner is not None and winner.decode() == message.message_id:
             return  # a retry or redelivery of the job that won this tick
         logger.info(

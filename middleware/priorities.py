@@ -160,7 +160,7 @@ def message_level(broker: Broker, message: Message) -> str:
     return Priorities._default_level(broker, message.actor_name)
 
 
-class LevelOrderedWorkQueue(PriorityQueue):  # type: ignore[type-arg]
+class LevelOrderedWorkQueue(PriorityQueue):
     """The worker's in-memory queue of fetched messages, ordered by level.
 
     Strict mode: (level rank, actor int priority, arrival). Weighted mode: the

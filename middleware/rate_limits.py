@@ -41,6 +41,7 @@ from typing import Any
 import redis
 import structlog
 from dramatiq import Broker, Message, Worker
+from dramatiq.broker import MessageProxy
 from dramatiq.middleware import MiddlewareError, SkipMessage
 
 from jobkit.errors import JobkitError
@@ -107,7 +108,7 @@ class ActorLimits:
     key_of: Callable[[tuple, dict], str] | None
     max_wait_ms: int
 
-    def key(self, message: Message) -> str:
+    def key(self, message: Message | MessageProxy) -> str:
         base = f"{KEY_PREFIX}:{self.actor_name}"
         if self.key_of is None:
             return base
@@ -183,7 +184,11 @@ class _QuietSkips(logging.Filter):
         self.message_ids: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg == "Message %s was skipped." and record.args:
+        if (
+            record.msg == "Message %s was skipped."
+            and isinstance(record.args, tuple)
+            and record.args
+        ):
             message_id = getattr(record.args[0], "message_id", None)
             if message_id in self.message_ids:
                 self.message_ids.discard(message_id)
@@ -246,7 +251,7 @@ class RateLimits(JobkitMiddleware):
         if message.actor_name in self._without_store:
             raise RateLimitConfigError(self._unavailable(message.actor_name))
 
-    def before_process_message(self, broker: Broker, message: Message) -> None:
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         limits = self._limits.get(message.actor_name)
         if limits is None:
             return
@@ -312,11 +317,16 @@ class RateLimits(JobkitMiddleware):
         raise SkipMessage("rate limited: deferred")
 
     def after_process_message(
-        self, broker: Broker, message: Message, *, result: Any = None, exception: Any = None
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any | None = None,
+        exception: BaseException | None = None,
     ) -> None:
         self._release(message)
 
-    def after_skip_message(self, broker: Broker, message: Message) -> None:
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         self._release(message)
 
     def _unavailable(self, actor_name: str) -> str:
@@ -342,7 +352,7 @@ class RateLimits(JobkitMiddleware):
     def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         self._stopping.set()
 
-    def _release(self, message: Message) -> None:
+    def _release(self, message: MessageProxy) -> None:
         if not self._leases:  # the common case: no lease held in this process
             return
         delivery = self._delivery.end(message)

@@ -22,6 +22,7 @@ from typing import Any
 import dramatiq.errors
 import dramatiq.middleware
 from dramatiq import Broker, Message
+from dramatiq.broker import MessageProxy
 
 from jobkit.errors import BrokerBlocked, BrokerFull
 
@@ -35,7 +36,12 @@ class Retries(dramatiq.middleware.Retries):
     """Dramatiq's Retries (same options); the next attempt is sent until the broker takes it."""
 
     def after_process_message(
-        self, broker: Broker, message: Message, *, result: Any = None, exception: Any = None
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any | None = None,
+        exception: BaseException | None = None,
     ) -> None:
         if exception is None:
             return
@@ -77,7 +83,8 @@ class _UntilAccepted:
                     message.message_id,
                     _line(error),
                 )
-                message.fail()
+                # Dramatiq's Retries enqueues the worker's MessageProxy, which has fail().
+                message.fail()  # type: ignore[attr-defined]
                 return message
 
 

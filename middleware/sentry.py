@@ -14,9 +14,10 @@ decides what becomes an event:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dramatiq import Broker, Message, Middleware
+from dramatiq.broker import MessageProxy
 from dramatiq.errors import Retry
 
 from jobkit.settings import Settings
@@ -24,6 +25,9 @@ from jobkit.settings import Settings
 from . import outcomes
 from .deliveries import CurrentDelivery, unwrap
 from .redaction import Redactor
+
+if TYPE_CHECKING:  # sentry-sdk is imported only once SENTRY_DSN is set
+    from sentry_sdk.types import Event, Hint
 
 DSN_ENV = "SENTRY_DSN"
 SEND_ARGS_ENV = "JOBKIT_SENTRY_SEND_ARGS"
@@ -69,7 +73,7 @@ def init_sentry(settings: Settings) -> bool:
     return True
 
 
-def _before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
+def _before_send(event: Event, hint: Hint) -> Event | None:
     exc_info = hint.get("exc_info")
     if exc_info and isinstance(exc_info[1], Retry):
         return None
@@ -106,7 +110,12 @@ class SentryAlerts(Middleware):
         return _initialised
 
     def after_process_message(
-        self, broker: Broker, message: Message, *, result: Any = None, exception: Any = None
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any | None = None,
+        exception: BaseException | None = None,
     ) -> None:
         if self.enabled and exception is not None and not isinstance(exception, Retry):
             attempt = int(message.options.get("retries", 0)) + 1
@@ -116,16 +125,16 @@ class SentryAlerts(Middleware):
         if delay is None or outcomes.enqueue_kind(message, delay) != outcomes.RETRY:
             return
         delivery = self._delivery.end(message)
-        failure = delivery["failure"] if delivery else None
+        failure: tuple[BaseException, int] | None = delivery["failure"] if delivery else None
         if failure is not None and self.report_retries:
             self._capture(broker, message, *failure, reason="retry_scheduled")
 
-    def after_ack(self, broker: Broker, message: Message) -> None:
+    def after_ack(self, broker: Broker, message: MessageProxy) -> None:
         self._delivery.end(unwrap(message))
 
-    def after_nack(self, broker: Broker, message: Message) -> None:
+    def after_nack(self, broker: Broker, message: MessageProxy) -> None:
         delivery = self._delivery.end(message)
-        failure = delivery["failure"] if delivery else None
+        failure: tuple[BaseException, int] | None = delivery["failure"] if delivery else None
         if not self.enabled or outcomes.peek(message.message_id) == outcomes.RATE_LIMITED:
             return
         if failure is None:
@@ -136,7 +145,12 @@ class SentryAlerts(Middleware):
         self._capture(broker, message, *failure, reason="dead_lettered")
 
     def _capture(
-        self, broker: Broker, message: Message, exception: BaseException, attempt: int, reason: str
+        self,
+        broker: Broker,
+        message: Message | MessageProxy,
+        exception: BaseException,
+        attempt: int,
+        reason: str,
     ) -> None:
         import sentry_sdk
 
