@@ -18,7 +18,7 @@ from middleware.job_logging import JobLogging
 from middleware.load_throttle import LoadThrottle
 from middleware.message_guard import MessageGuard, MessageRules
 from middleware.metrics import Metrics
-from middleware.periodic import PeriodicTicks, periodiq_middleware
+from middleware.periodic_ticks import PeriodicTicks, periodiq_middleware
 from middleware.priorities import Priorities, PriorityConfig
 from middleware.rate_limits import RateLimits
 from middleware.redaction import Redactor

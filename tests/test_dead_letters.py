@@ -77,7 +77,7 @@ def test_durations_parse(text: str, ms: int) -> None:
 
 
 def test_since_takes_an_age_or_an_iso_time() -> None:
-    from jobkit.cli.dead_letters import parse_time_ms
+    from jobkit.cli.dead_letter_commands import parse_time_ms
 
     assert parse_time_ms("2026-01-02T03:04:05Z") == 1_767_323_045_000
     assert parse_time_ms("2026-01-02T03:04:05") == 1_767_323_045_000  # UTC unless said

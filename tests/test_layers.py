@@ -70,3 +70,13 @@ def test_the_function_import_check_sees_one(tmp_path: Path) -> None:
     )
     found = _imports_inside_functions(sample)
     assert [line.split(" imports ")[1] for line in found] == ["brokers inside f()", ". inside g()"]
+
+
+def test_one_module_name_per_meaning() -> None:
+    """A module's name says what it holds, once: no two product modules share one."""
+    paths: dict[str, list[str]] = {}
+    for package in PRODUCT:
+        for path in (REPO / package).rglob("*.py"):
+            if path.name not in ("__init__.py", "__main__.py"):
+                paths.setdefault(path.name, []).append(str(path.relative_to(REPO)))
+    assert {name: found for name, found in paths.items() if len(found) > 1} == {}

@@ -25,7 +25,7 @@ from actors.periodic import (
 from brokers import queue_depths
 from brokers.dead_letter_store import dead_letter_store
 from middleware.dead_letters import new_record
-from middleware.periodic import tick_of
+from middleware.periodic_ticks import tick_of
 from tests.conftest import env_for, url_for
 from tests.support.processes import (
     child_env,

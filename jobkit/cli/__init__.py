@@ -16,9 +16,9 @@ from jobkit.app import APP_ENV, DEFAULT_APP
 from jobkit.errors import JobkitError
 from jobkit.settings import current
 
-from . import bench, dead_letters, embedded, queues, send, stats, worker
+from . import bench, dead_letter_commands, embedded_commands, queues, send, stats, worker
 
-COMMANDS = (demo, worker, queues, stats, send, dead_letters, bench, embedded)
+COMMANDS = (demo, worker, queues, stats, send, dead_letter_commands, bench, embedded_commands)
 
 EPILOG = f"""\
 environment:
