@@ -6,6 +6,8 @@ from dramatiq import Broker
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
+from middleware.dramatiq_seam import redis_command
+
 from .rabbitmq import check_rabbitmq
 from .redis import check_redis
 from .urls import SPECS, spec_of
@@ -29,4 +31,4 @@ def keep_alive(broker: Broker) -> None:
     """
     if isinstance(broker, RedisBroker):
         for queue in sorted(broker.get_declared_queues())[:1]:
-            broker.do_qsize(queue)
+            redis_command(broker, "qsize")(queue)

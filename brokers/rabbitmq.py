@@ -22,17 +22,20 @@ import pika
 import pika.exceptions
 from dramatiq import Broker, Message, Middleware
 from dramatiq.broker import MessageProxy
-from dramatiq.brokers.rabbitmq import (
-    MAX_ENQUEUE_ATTEMPTS,
-    RabbitmqBroker,
-    _RabbitmqConsumer,
-    _RabbitmqMessage,
-)
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.common import current_millis, dq_name, q_name, xq_name
 from dramatiq.errors import BrokerConnectionError, ConnectionClosed
 
 from jobkit.errors import BrokerBlocked, BrokerConfigError, BrokerUnavailable, JobkitError
 from jobkit.settings import mask_url
+from middleware.dramatiq_seam import (
+    MAX_ENQUEUE_ATTEMPTS,
+    RabbitmqBrokerBase,
+    RabbitmqConsumerBase,
+    RabbitmqDelivery,
+    delivery_tag,
+    redeclare_later,
+)
 from middleware.priorities import DEFAULT_LEVEL, LEVEL_NUMBERS, PriorityConfig, message_level
 
 from .bulk import BulkSendError
@@ -40,6 +43,7 @@ from .dead_letter_store import keep_failed, keep_undecodable
 from .decoding import MessageRules, UndecodableMessage, decode_message
 from .encoding import encode_message
 from .hook_cache import CachedHooks
+from .pika_seam import FrameGatherer, channel_impl
 from .queue_depth import QueueDepth
 
 # Applied unless the URL sets them. A publish with confirms waits for the
@@ -77,7 +81,7 @@ class QueueNeedsMigration(JobkitError, BrokerConnectionError):
     """
 
 
-class DeadLetteringConsumer(_RabbitmqConsumer):
+class DeadLetteringConsumer(RabbitmqConsumerBase):
     """Acks in batches; keeps rejected and undecodable messages in jobkit's dead-letter store.
 
     Dramatiq acks each message with its own callback into the connection's
@@ -113,7 +117,7 @@ class DeadLetteringConsumer(_RabbitmqConsumer):
         ) as error:
             # As Dramatiq: a vanished queue is re-declared when the consumer restarts.
             if getattr(error, "reply_code", None) == 404:
-                self.broker.queues_pending.add(q_name(self.queue_name))
+                redeclare_later(self.broker, q_name(self.queue_name))
             raise ConnectionClosed(error) from None
         try:
             message = decode_message(body, self.broker.message_rules)
@@ -125,7 +129,7 @@ class DeadLetteringConsumer(_RabbitmqConsumer):
             return None
         with self._settle_lock:
             self.known_tags.add(method.delivery_tag)
-        return _RabbitmqMessage(method.redelivered, method.delivery_tag, message)
+        return RabbitmqDelivery(method.redelivered, method.delivery_tag, message)
 
     def ack(self, message: MessageProxy) -> None:
         self._settle_known(message, ack=True)
@@ -133,7 +137,7 @@ class DeadLetteringConsumer(_RabbitmqConsumer):
     def nack(self, message: MessageProxy) -> None:
         """Keep a rejected message as a dead letter, then ack it; nothing for an unknown tag."""
         with self._settle_lock:
-            known = message._tag in self.known_tags
+            known = delivery_tag(message) in self.known_tags
         if not known:
             # Delivered on a connection since closed: RabbitMQ delivers it again, so it
             # is not dead, and a record now would list a job that is about to run.
@@ -144,15 +148,16 @@ class DeadLetteringConsumer(_RabbitmqConsumer):
         self._settle_known(message, ack=keep_failed(self.broker, message))
 
     def _settle_known(self, message: MessageProxy, *, ack: bool) -> None:
+        tag = delivery_tag(message)
         with self._settle_lock:
-            if message._tag not in self.known_tags:
+            if tag not in self.known_tags:
                 # Delivered on a connection since closed: RabbitMQ redelivers it.
                 self.logger.warning("Failed to settle message: not in known tags.")
                 return
             # Leaving known_tags and joining the acks in one step: _send_acks
             # must never see a tag in neither.
-            self.known_tags.remove(message._tag)
-            callback = self._queue_settlement(message._tag, ack=ack)
+            self.known_tags.remove(tag)
+            callback = self._queue_settlement(tag, ack=ack)
         self._schedule(callback)
 
     def _settle(self, tag: int, *, ack: bool) -> None:
@@ -200,7 +205,7 @@ class DeadLetteringConsumer(_RabbitmqConsumer):
                 self._nacking.discard(tag)
 
 
-class PriorityRabbitmqBroker(CachedHooks, RabbitmqBroker):
+class PriorityRabbitmqBroker(CachedHooks, RabbitmqBrokerBase):
     """RabbitmqBroker whose queues carry ``x-max-priority`` and whose declare errors are clear."""
 
     #: Size limit and signing keys its consumers apply (set by ``build_broker``).
@@ -250,7 +255,7 @@ class PriorityRabbitmqBroker(CachedHooks, RabbitmqBroker):
             except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
                 del self.connection  # the next attempt opens a new connection and channel
                 if isinstance(e, pika.exceptions.UnroutableError):
-                    self.queues_pending.add(q_name(queue_name))
+                    redeclare_later(self, q_name(queue_name))
                 attempts += 1
                 if attempts >= MAX_ENQUEUE_ATTEMPTS:
                     raise ConnectionClosed(e) from None
@@ -307,26 +312,19 @@ class PriorityRabbitmqBroker(CachedHooks, RabbitmqBroker):
         return message
 
     @property
-    def consumer_class(self) -> type[_RabbitmqConsumer]:
+    def consumer_class(self) -> type[RabbitmqConsumerBase]:
         return DeadLetteringConsumer
 
-    def _build_queue_arguments(self, queue_name: str) -> dict[str, Any]:
-        arguments = super()._build_queue_arguments(queue_name)
+    def queue_arguments(self, queue_name: str) -> dict[str, Any]:
+        arguments = super().queue_arguments(queue_name)
         # Classic queue storage v2 (RabbitMQ 3.10+; ignored before, the only one in 4.x)
         # wins back what x-max-priority costs a v1 queue in throughput.
         arguments["x-queue-version"] = 2
         return arguments
 
-    def _declare_queue(self, queue_name: str) -> Any:
-        with self._explaining_precondition_failed(queue_name):
-            return super()._declare_queue(queue_name)
-
-    def _declare_dq_queue(self, queue_name: str) -> Any:
-        with self._explaining_precondition_failed(dq_name(queue_name)):
-            return super()._declare_dq_queue(queue_name)
-
     @contextlib.contextmanager
-    def _explaining_precondition_failed(self, queue_name: str) -> Iterator[None]:
+    def declaring(self, queue_name: str) -> Iterator[None]:
+        """A queue that exists with other arguments: :class:`QueueNeedsMigration`, explained."""
         try:
             yield
         except pika.exceptions.ChannelClosedByBroker as error:
@@ -364,7 +362,7 @@ class _ConfirmedPublisher:
 
     def __init__(self, connection: pika.BlockingConnection, window: int) -> None:
         self.connection = connection
-        self.channel = connection.channel()._impl  # the async Channel under the blocking one
+        self.channel = channel_impl(connection.channel())  # publishes without waiting
         self.window = max(window, 1)
         self.failure = "not confirmed"
         self.accepted: set[str] = set()
@@ -372,50 +370,16 @@ class _ConfirmedPublisher:
         self._pending: dict[int, str] = {}
         self._returned: set[str] = set()
         self._properties: dict[Any, pika.BasicProperties] = {}
-        self._gather_frames(connection._impl)
+        # This connection is the publisher's own: its frames go out in few writes.
+        self._frames = FrameGatherer(connection)
         ready: list[bool] = []
         self.channel.add_on_return_callback(self._on_return)
         self.channel.confirm_delivery(self._on_confirm, callback=lambda _frame: ready.append(True))
         self._run_until(lambda: bool(ready), 10.0)
 
-    def _gather_frames(self, impl: Any) -> None:
-        """Write many messages' frames to the socket in one call instead of one per frame.
-
-        pika writes each frame (three per message) with its own ``send()``: about
-        a third of the bulk path's CPU. This connection is the publisher's own,
-        so its frames are gathered here and written whenever the event loop runs
-        or 64 KiB wait. Left as is if pika's internals differ from 1.3/1.4's.
-        """
-        self._impl = impl
-        self._frames: list[bytes] = []
-        self._frames_size = 0
-        self._emit = getattr(impl, "_adapter_emit_data", None)
-        if self._emit is None or not hasattr(impl, "_output_marshaled_frames"):
-            self._emit = None
-            return
-        impl._output_marshaled_frames = self._gather
-
-    def _gather(self, frames: Any) -> None:
-        self._frames.extend(frames)
-        self._frames_size += sum(len(frame) for frame in frames)
-        self._impl.frames_sent += len(frames)
-        if self._frames_size >= 65536:
-            self._write_frames()
-
-    def _write_frames(self) -> None:
-        if self._frames:
-            data = b"".join(self._frames)
-            self._frames.clear()
-            self._frames_size = 0
-            self._impl.bytes_sent += len(data)
-            self._emit(data)  # type: ignore[misc]  # frames gather only when it is set
-
     def release(self) -> None:
         """Write what is gathered and give pika its own writer back (closing frames go out)."""
-        if self._emit is not None:
-            self._write_frames()
-            del self._impl._output_marshaled_frames
-            self._emit = None
+        self._frames.release()
 
     def publish(self, message: Message) -> None:
         priority = message.options.get("broker_priority", NORMAL_PRIORITY)
@@ -442,11 +406,11 @@ class _ConfirmedPublisher:
     def _run_until(self, done: Any, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not done() and time.monotonic() < deadline:
-            self._write_frames()
+            self._frames.flush()
             # Short slices: the blocking connection does not return early for callbacks
             # of the channel underneath, only when its time limit runs out.
             self.connection.process_data_events(time_limit=0.002)
-        self._write_frames()
+        self._frames.flush()
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method

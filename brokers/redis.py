@@ -22,12 +22,19 @@ from uuid import uuid4
 import redis
 from dramatiq import Broker, Message, Middleware, Worker
 from dramatiq.broker import MessageProxy
-from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import compute_backoff, current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
 
 from jobkit.errors import BrokerFull, BrokerUnavailable
 from jobkit.settings import current, mask_url
+from middleware.dramatiq_seam import (
+    RedisBrokerBase,
+    RedisConsumerBase,
+    pipeline_command,
+    redis_command,
+    use_dispatch_script,
+)
 from middleware.priorities import LEVELS, PriorityConfig
 
 from .acks import AckBatcher
@@ -61,16 +68,18 @@ def level_suffix(level: Any) -> str:
     return LEVEL_SUFFIXES.get(level, "") if isinstance(level, str) else ""
 
 
-class PriorityRedisBroker(CachedHooks, RedisBroker):
+class PriorityRedisBroker(CachedHooks, RedisBrokerBase):
     """RedisBroker whose canonical queues are priority-aware."""
 
     #: Size limit and signing keys its consumers apply (set by ``build_broker``).
     message_rules: MessageRules = MessageRules()
+    #: A sweep is maintenance and nothing else; other calls keep Dramatiq's chance.
+    maintenance_commands = frozenset({"sweep"})
 
     def __init__(self, *, priority_config: PriorityConfig, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.priority_config = priority_config
-        self.scripts["dispatch"] = self.client.register_script(DISPATCH_SCRIPT)
+        use_dispatch_script(self, DISPATCH_SCRIPT)
         self._weights = [priority_config.weights[level] for level in LEVELS]
         self._ack_batchers: dict[tuple[int, str], AckBatcher] = {}
         self._ack_batchers_lock = threading.Lock()
@@ -91,7 +100,7 @@ class PriorityRedisBroker(CachedHooks, RedisBroker):
                 batcher = self._ack_batchers.get(key)
                 if batcher is None:
                     batcher = self._ack_batchers[key] = AckBatcher(
-                        lambda ids: self.do_ack(queue_name, *ids),
+                        lambda ids: redis_command(self, "ack")(queue_name, *ids),
                         name=f"jobkit-acks-{queue_name}",
                     )
         return batcher
@@ -110,12 +119,8 @@ class PriorityRedisBroker(CachedHooks, RedisBroker):
         super().close()
 
     @property
-    def consumer_class(self) -> type[_RedisConsumer]:
+    def consumer_class(self) -> type[RedisConsumerBase]:
         return PriorityRedisConsumer
-
-    def _should_do_maintenance(self, command: str) -> int:
-        # A sweep is maintenance and nothing else; other calls keep Dramatiq's chance.
-        return 1 if command == "sweep" else super()._should_do_maintenance(command)
 
     def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
         # Dramatiq's RedisBroker.enqueue, plus the level's list, read after
@@ -123,7 +128,7 @@ class PriorityRedisBroker(CachedHooks, RedisBroker):
         message = self._prepare(message, delay)
         suffix = "" if delay is not None else level_suffix(message.options.get("priority"))
         try:
-            self.do_enqueue(
+            redis_command(self, "enqueue")(
                 message.queue_name,
                 message.options["redis_message_id"],
                 encode_message(message),
@@ -170,11 +175,7 @@ class PriorityRedisBroker(CachedHooks, RedisBroker):
                         encode_message(queued),
                         "" if delay is not None else level_suffix(queued.options.get("priority")),
                     ]
-                self.scripts["dispatch"](
-                    keys=[self.namespace],
-                    args=self._dispatch_args("enqueue_batch", queue_name, *triples),
-                    client=pipe,
-                )
+                pipeline_command(self, pipe, "enqueue_batch", queue_name, *triples)
             rest = prepared[(index + 1) * batch_size :]
             try:
                 results = pipe.execute(raise_on_error=False)
@@ -205,20 +206,6 @@ class PriorityRedisBroker(CachedHooks, RedisBroker):
         self.emit_before("enqueue", message, delay)
         return message
 
-    def _dispatch_args(self, command: str, queue_name: str, *args: Any) -> list[Any]:
-        # Dramatiq's _dispatch argument list, without maintenance (bulk sends never run it).
-        return [
-            command,
-            current_millis(),
-            queue_name,
-            self.broker_id,
-            self.heartbeat_timeout,
-            self.dead_message_ttl,
-            "0",
-            self._max_unpack_size(),
-            *args,
-        ]
-
     def do_fetch(self, queue_name: str, count: int) -> list[tuple[bytes, bytes | None, int]]:
         """Up to ``count`` (redis id, payload, redeliveries) triples.
 
@@ -231,7 +218,7 @@ class PriorityRedisBroker(CachedHooks, RedisBroker):
         key = (os.getpid(), queue_name)
         with self._consumers_lock:
             token = self._unanswered_fetches.pop(key, None) or uuid4().hex
-        fetch = self._dispatch("fetch")
+        fetch = redis_command(self, "fetch")
         try:
             if self.priority_config.mode == "weighted":
                 flat = fetch(
@@ -263,7 +250,7 @@ class PriorityRedisBroker(CachedHooks, RedisBroker):
                 for message_id, level in ids_and_levels
                 for part in (message_id, level_suffix(level))
             ]
-            self._dispatch("requeue")(queue_name, *args)
+            redis_command(self, "requeue")(queue_name, *args)
 
 
 class RedisMessage(MessageProxy):
@@ -274,7 +261,7 @@ class RedisMessage(MessageProxy):
         self.redelivered = redelivered
 
 
-class PriorityRedisConsumer(_RedisConsumer):
+class PriorityRedisConsumer(RedisConsumerBase):
     """Requeues to the right level list; dead-letters what it cannot decode and what fails.
 
     Dramatiq's consumer raises on bytes that are not a message, which restarts
@@ -349,7 +336,7 @@ class PriorityRedisConsumer(_RedisConsumer):
         if not keep_undecodable(self.broker, self.queue_name, raw, error):
             self.message_cache.insert(0, (redis_id, data, redeliveries))  # close() gives it back
             raise ConnectionClosed(redis.ConnectionError("dead-letter store unavailable"))
-        self.broker.do_ack(self.queue_name, redis_id)  # bytes: may not be UTF-8
+        redis_command(self.broker, "ack")(self.queue_name, redis_id)  # bytes: may not be UTF-8
 
     def nack(self, message: MessageProxy) -> None:
         redis_id = message.options["redis_message_id"]
@@ -506,7 +493,7 @@ class DeadWorkerSweep(Middleware):
 def sweep(broker: PriorityRedisBroker) -> None:
     """Requeue the unacked jobs of every dead worker, on every queue this broker knows."""
     for queue_name in sorted(broker.get_declared_queues() | broker.get_declared_delay_queues()):
-        broker.do_sweep(queue_name)
+        redis_command(broker, "sweep")(queue_name)
 
 
 class RedisSettingsCheck(Middleware):

@@ -45,6 +45,7 @@ from jobkit.errors import BrokerConfigError
 from jobkit.settings import mask_url
 
 from . import outcomes
+from .dramatiq_seam import stuffed_exception
 from .hooks import JobkitMiddleware
 
 TRACEBACK_ENV = "JOBKIT_DEAD_LETTER_TRACEBACK"
@@ -130,7 +131,7 @@ def describe_failure(
     traceback_chars: int = DEFAULT_TRACEBACK_CHARS,
 ) -> dict[str, Any]:
     """The dead-letter record of a message being rejected in this worker."""
-    exception = getattr(message, "_exception", None)
+    exception = stuffed_exception(message)
     formatted = None
     if exception is not None and exception.__traceback__ is not None:
         formatted = "".join(traceback.format_exception(exception))

@@ -14,22 +14,12 @@ from __future__ import annotations
 
 from threading import get_ident
 from time import monotonic, time
-from typing import Any, cast
+from typing import Any
 
 from dramatiq import Message
 from dramatiq.broker import MessageProxy
 
-
-def unwrap(message: Message | MessageProxy) -> Message:
-    """The Message inside a worker's MessageProxy.
-
-    Every attribute read on a proxy is a Python-level ``__getattr__`` call; the
-    hooks that run for every job read the message a dozen times, so they read
-    the wrapped message instead.
-    """
-    inner = message.__dict__.get("_message") if isinstance(message, MessageProxy) else None
-    # Else a Message, or a proxy without one (never Dramatiq's), which reads like its message.
-    return inner if inner is not None else cast(Message, message)
+from .dramatiq_seam import unwrap
 
 
 class CurrentDelivery:

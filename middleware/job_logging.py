@@ -25,7 +25,8 @@ from dramatiq.broker import MessageProxy
 
 from . import job_events, log_config, outcomes
 from .dead_letters import dead_letter_of
-from .deliveries import ATTEMPTS, Attempt, job_fields, unwrap
+from .deliveries import ATTEMPTS, Attempt, job_fields
+from .dramatiq_seam import stuffed_exception, unwrap
 from .hooks import JobkitMiddleware
 from .job_events import JsonJobEvents, flush_job_events
 from .log_config import configure_logging, configure_structlog
@@ -179,7 +180,7 @@ class JobLogging(JobkitMiddleware):
     def after_nack(self, broker: Broker, message: MessageProxy) -> None:
         attempt = self._attempts.end(message)
         fields = self._fields_of(attempt, message)
-        exception = (attempt and attempt.exception) or getattr(message, "_exception", None)
+        exception = (attempt and attempt.exception) or stuffed_exception(message)
         reason = dead_letter_of(broker, message)["reason"]
         # Rate limiting is flow control, not an error (also for Sentry's log capture).
         log = self.log.warning if reason == outcomes.RATE_LIMITED else self.log.error

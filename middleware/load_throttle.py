@@ -27,6 +27,8 @@ from dramatiq import Broker, Middleware, Worker
 from jobkit.errors import BrokerConfigError
 from jobkit.settings import Settings
 
+from .dramatiq_seam import work_queue_of
+
 logger = logging.getLogger("jobkit.load_throttle")
 
 LOAD_ENV = "JOBKIT_THROTTLE_LOAD"
@@ -97,7 +99,7 @@ class LoadThrottle(Middleware):
     def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
         if not self.enabled:
             return
-        work_queue = worker.work_queue
+        work_queue = work_queue_of(worker)
         if not hasattr(work_queue, "pause"):
             raise BrokerConfigError("LoadThrottle needs the Priorities middleware's work queue")
         self._stop.clear()

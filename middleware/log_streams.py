@@ -19,8 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dramatiq.compat import StreamablePipe
-
+from .dramatiq_seam import is_cli_pipe
 from .job_lines import JobLines
 from .log_processors import HOST
 
@@ -88,7 +87,7 @@ def serialize_pipe_writes(root: logging.Logger) -> None:
     """Under dramatiq: stdout, stderr and the root handler share one lock (SerializedStream)."""
     for handler in root.handlers:
         stream = getattr(handler, "stream", None)
-        if isinstance(stream, StreamablePipe) and handler.lock is not None:
+        if is_cli_pipe(stream) and handler.lock is not None:
             locked = SerializedStream(stream, handler.lock)
             handler.stream = locked  # type: ignore[attr-defined]  # it has one (getattr above)
             for name in ("stdout", "stderr"):

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .deliveries import Attempt
+from .prometheus_seam import add_observations, bucket_bounds
 
 FLUSH_INTERVAL_S = 1.0
 
@@ -60,11 +61,12 @@ class Tally:
 
     def observe(self, child: Any, value: float) -> None:
         # prometheus-client's own bucket rule: the first upper bound >= value.
-        index = bisect.bisect_left(child._upper_bounds, value)
+        bounds = bucket_bounds(child)
+        index = bisect.bisect_left(bounds, value)
         with self._lock:
             pending = self._histograms.get(child)
             if pending is None:
-                pending = self._histograms[child] = [0.0] * (len(child._upper_bounds) + 1)
+                pending = self._histograms[child] = [0.0] * (len(bounds) + 1)
             pending[0] += value
             pending[index + 1] += 1
 
@@ -125,23 +127,13 @@ class Tally:
             increments[succeeded] += stats[0]
             increments[failed] += stats[1]
             n = len(self.job_bounds)
-            _apply(latency, stats[2], stats[4 : 4 + n])
-            _apply(duration, stats[3], stats[4 + n :])
+            add_observations(latency, stats[2], stats[4 : 4 + n])
+            add_observations(duration, stats[3], stats[4 + n :])
         for child, amount in increments.items():
             if amount:
                 child.inc(amount)
         for child, (total, *counts) in histograms.items():
-            _apply(child, total, counts)
+            add_observations(child, total, counts)
         if self.gauges is not None:
             for child, value in self.gauges().items():
                 child.set(value)
-
-
-def _apply(histogram: Any, total: float, counts: list[float]) -> None:
-    """What Histogram.observe() does, once per bucket instead of once per observation."""
-    if not any(counts):
-        return
-    histogram._sum.inc(total)
-    for bucket, count in zip(histogram._buckets, counts, strict=True):
-        if count:
-            bucket.inc(count)

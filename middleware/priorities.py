@@ -33,7 +33,7 @@ from jobkit.settings import DEFAULT_WEIGHTS as SETTINGS_WEIGHTS
 from jobkit.settings import LEVELS as SETTINGS_LEVELS
 from jobkit.settings import Settings
 
-from .deliveries import unwrap
+from .dramatiq_seam import queued_message, unwrap, use_work_queue
 
 #: Levels, most urgent first.
 LEVELS: tuple[str, ...] = SETTINGS_LEVELS
@@ -144,7 +144,7 @@ class Priorities(Middleware):
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
         # Consumers and worker threads are created after this hook and take
         # worker.work_queue, so every fetched message goes through this queue.
-        worker.work_queue = LevelOrderedWorkQueue(broker, strict=self.config.mode == "strict")
+        use_work_queue(worker, LevelOrderedWorkQueue(broker, strict=self.config.mode == "strict"))
 
     @staticmethod
     def _default_level(broker: Broker, actor_name: str) -> str:
@@ -203,7 +203,7 @@ class LevelOrderedWorkQueue(PriorityQueue):
             return item
 
     def _put(self, item: Any) -> None:
-        message = unwrap(item.message)
+        message = unwrap(queued_message(item))
         actor = self.broker.actors.get(message.actor_name)
         tie = actor.priority if actor is not None and isinstance(actor.priority, int) else 0
         if self.strict:

@@ -48,6 +48,7 @@ from jobkit.errors import JobkitError
 
 from . import outcomes
 from .deliveries import CurrentDelivery
+from .dramatiq_seam import SKIPPED_MESSAGE_LOG, WORKER_THREAD_LOGGER
 from .hooks import JobkitMiddleware
 from .rate_limit_store import Ask, Outcome, RedisLimitStore
 
@@ -184,11 +185,7 @@ class _QuietSkips(logging.Filter):
         self.message_ids: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if (
-            record.msg == "Message %s was skipped."
-            and isinstance(record.args, tuple)
-            and record.args
-        ):
+        if record.msg == SKIPPED_MESSAGE_LOG and isinstance(record.args, tuple) and record.args:
             message_id = getattr(record.args[0], "message_id", None)
             if message_id in self.message_ids:
                 self.message_ids.discard(message_id)
@@ -197,7 +194,7 @@ class _QuietSkips(logging.Filter):
 
 
 _QUIET_SKIPS = _QuietSkips()
-logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_QUIET_SKIPS)
+logging.getLogger(WORKER_THREAD_LOGGER).addFilter(_QUIET_SKIPS)
 
 
 class RateLimits(JobkitMiddleware):

@@ -23,7 +23,14 @@ from dramatiq.errors import Retry
 from jobkit.settings import Settings
 
 from . import outcomes
-from .deliveries import CurrentDelivery, unwrap
+from .deliveries import CurrentDelivery
+from .dramatiq_seam import (
+    CONSUMER_THREAD_LOGGER,
+    RETRIES_LOGGER,
+    WORKER_THREAD_LOGGER,
+    stuffed_exception,
+    unwrap,
+)
 from .redaction import Redactor
 
 if TYPE_CHECKING:  # sentry-sdk is imported only once SENTRY_DSN is set
@@ -34,9 +41,9 @@ SEND_ARGS_ENV = "JOBKIT_SENTRY_SEND_ARGS"
 REPORT_RETRIES_ENV = "JOBKIT_SENTRY_REPORT_RETRIES"
 #: Loggers whose ERROR lines would duplicate (or misreport) what SentryAlerts sends.
 QUIET_LOGGERS = (
-    "dramatiq.worker.WorkerThread",
-    "dramatiq.worker.ConsumerThread",
-    "dramatiq.middleware.retries.Retries",
+    WORKER_THREAD_LOGGER,
+    CONSUMER_THREAD_LOGGER,
+    RETRIES_LOGGER,
     "jobkit.jobs",
     "jobkit.rate_limits",
 )
@@ -138,7 +145,7 @@ class SentryAlerts(Middleware):
         if not self.enabled or outcomes.peek(message.message_id) == outcomes.RATE_LIMITED:
             return
         if failure is None:
-            exception = getattr(message, "_exception", None)
+            exception = stuffed_exception(message)
             if exception is None:
                 return
             failure = (exception, int(message.options.get("retries", 0)) + 1)

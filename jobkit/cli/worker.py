@@ -10,6 +10,7 @@ import dramatiq.cli as dramatiq_cli
 
 from brokers import build_broker, check_broker
 from jobkit.app import app_name
+from middleware.dramatiq_seam import wrap_cli_logging
 from middleware.log_config import configure_logging, resolve_format
 
 
@@ -50,17 +51,14 @@ def run(args: argparse.Namespace) -> int:
         check_broker(probe)
     finally:
         probe.close()
-    _log_like_jobkit(dramatiq_cli, configure_logging, fmt)
+    _log_like_jobkit(configure_logging, fmt)
     sys.argv = ["dramatiq", *dramatiq_argv(list(args.dramatiq_args), args.app)]
     return int(dramatiq_cli.main() or 0)
 
 
-def _log_like_jobkit(dramatiq_cli: Any, configure_logging: Any, fmt: str) -> None:
+def _log_like_jobkit(configure_logging: Any, fmt: str) -> None:
     """Reformat the handlers Dramatiq's CLI installs: main process, workers and forks."""
-    for name in ("setup_parent_logging", "setup_worker_logging", "setup_fork_logging"):
-        setattr(
-            dramatiq_cli, name, _then_configure(getattr(dramatiq_cli, name), configure_logging, fmt)
-        )
+    wrap_cli_logging(lambda setup: _then_configure(setup, configure_logging, fmt))
 
 
 def _then_configure(setup: Any, configure_logging: Any, fmt: str) -> Any:
