@@ -42,7 +42,8 @@ REPORT_RETRIES_ENV = "JOBKIT_SENTRY_REPORT_RETRIES"
 #: Loggers whose ERROR lines would duplicate (or misreport) what SentryAlerts sends.
 QUIET_LOGGERS = (
     WORKER_THREAD_LOGGER,
-    CONSUMER_THREAD_LOGGER,
+    # One logger per queue, ``...ConsumerThread(<queue>)``: sentry-sdk matches with fnmatch.
+    f"{CONSUMER_THREAD_LOGGER}(*)",
     RETRIES_LOGGER,
     "jobkit.jobs",
     "jobkit.rate_limits",

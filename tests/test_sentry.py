@@ -117,3 +117,21 @@ def test_retries_and_arguments_when_asked(redis_broker_kind: str, tmp_path: Path
 @pytest.fixture(autouse=True)
 def _no_sentry_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SENTRY_DSN", raising=False)
+
+
+def test_the_quiet_loggers_match_dramatiqs_real_logger_names() -> None:
+    """sentry-sdk ignores a logger whose name fnmatches a pattern: each pattern must hit."""
+    from fnmatch import fnmatch
+
+    from dramatiq.logging import get_logger
+    from dramatiq.middleware import Retries
+
+    from middleware.sentry import QUIET_LOGGERS
+
+    names = [  # as dramatiq/worker.py and dramatiq/middleware/retries.py name them
+        get_logger("dramatiq.worker", "WorkerThread").name,
+        get_logger("dramatiq.worker", "ConsumerThread(default)").name,
+        get_logger("dramatiq.middleware.retries", Retries).name,
+    ]
+    for name in names:
+        assert any(fnmatch(name, pattern) for pattern in QUIET_LOGGERS), name
