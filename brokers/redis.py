@@ -33,6 +33,7 @@ from middleware.dramatiq_seam import (
     RedisConsumerBase,
     pipeline_command,
     redis_command,
+    script_command,
     use_dispatch_script,
 )
 from middleware.priorities import LEVELS, PriorityConfig
@@ -218,7 +219,7 @@ class PriorityRedisBroker(CachedHooks, RedisBrokerBase):
         key = (os.getpid(), queue_name)
         with self._consumers_lock:
             token = self._unanswered_fetches.pop(key, None) or uuid4().hex
-        fetch = redis_command(self, "fetch")
+        fetch = script_command(self, "fetch")  # not do_fetch: that is this method
         try:
             if self.priority_config.mode == "weighted":
                 flat = fetch(
@@ -250,7 +251,7 @@ class PriorityRedisBroker(CachedHooks, RedisBrokerBase):
                 for message_id, level in ids_and_levels
                 for part in (message_id, level_suffix(level))
             ]
-            redis_command(self, "requeue")(queue_name, *args)
+            script_command(self, "requeue")(queue_name, *args)
 
 
 class RedisMessage(MessageProxy):

@@ -57,6 +57,7 @@ __all__ = [
     "queued_message",
     "redeclare_later",
     "redis_command",
+    "script_command",
     "stuffed_exception",
     "unwrap",
     "use_dispatch_script",
@@ -230,7 +231,15 @@ def use_dispatch_script(broker: RedisBroker, source: bytes) -> None:
 
 
 def redis_command(broker: RedisBroker, command: str) -> Callable[..., Any]:
-    """The dispatch script's ``command``, as ``broker.do_<command>`` (``RedisBroker._dispatch``)."""
+    """``broker.do_<command>``: the dispatch script's command, as ``RedisBroker.__getattr__``
+    resolves it, so whatever replaces that attribute (Dramatiq's own tests mock ``do_ack``)
+    is what runs."""
+    return cast(Callable[..., Any], getattr(broker, f"do_{command}"))
+
+
+def script_command(broker: RedisBroker, command: str) -> Callable[..., Any]:
+    """The dispatch script's ``command`` itself (``RedisBroker._dispatch``), for a broker
+    whose own ``do_<command>`` wraps it (jobkit's ``do_fetch``)."""
     return broker._dispatch(command)
 
 
