@@ -22,9 +22,11 @@ from jobkit.output import print_json, print_table, stderr, stdout
 from jobkit.settings import current, parse_duration_ms
 from middleware.redaction import Redactor
 
+#: Every reason a dead letter can carry (middleware.dead_letters, brokers.decoding,
+#: middleware.crash_loops, middleware.rate_limits).
 REASONS = (
     "retries_exhausted, non_retryable, time_limit, age_limit, rate_limited, unknown_actor, "
-    "undecodable, not_retried, skipped"
+    "undecodable, too_large, bad_signature, crash_loop, limits_unavailable, not_retried, skipped"
 )
 
 
