@@ -33,7 +33,7 @@ from dramatiq.middleware import SkipMessage
 from jobkit.errors import JobkitError
 
 from . import outcomes
-from .hooks import JobkitMiddleware
+from .hooks import UsesStateRedis
 
 logger = structlog.get_logger("jobkit.crash_loops")
 
@@ -51,25 +51,18 @@ class CrashLoop(JobkitError, SkipMessage):
     reason = CRASH_LOOP
 
 
-class CrashLoops(JobkitMiddleware):
-    """Counts starts of redelivered jobs; dead-letters a job that keeps killing workers."""
+class CrashLoops(UsesStateRedis):
+    """Counts starts of redelivered jobs; dead-letters a job that keeps killing workers.
+
+    Counts live in the state Redis; without one, counting is off.
+    """
 
     def __init__(self, limit: int = DEFAULT_MAX_CRASHES) -> None:
         #: Deaths with the job running before it is dead-lettered (``JOBKIT_MAX_CRASHES``).
         self.limit = limit
-        self.client: redis.Redis | None = None
-        self.no_store_reason = "no Redis is configured for jobkit state"
         #: Message ids whose count this process raised and must clear when they end.
         self._counted: set[str] = set()
         self._lock = threading.Lock()
-
-    def after_state_store(
-        self, broker: Broker, client: redis.Redis | None, no_store_reason: str
-    ) -> None:
-        """Where counts live (``build_broker`` emits this); ``None`` turns counting off."""
-        self.client = client
-        if no_store_reason:
-            self.no_store_reason = no_store_reason
 
     def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
         if self.client is None:

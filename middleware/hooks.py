@@ -32,6 +32,22 @@ class JobkitMiddleware(Middleware):
         """Called once a dead letter's ``record`` is in the store (``middleware.dead_letters``)."""
 
 
+class UsesStateRedis(JobkitMiddleware):
+    """A middleware that keeps its state (locks, counts) in the state Redis, when there is one."""
+
+    #: The state Redis (``after_state_store``), or None: the middleware's feature is off.
+    client: redis.Redis | None = None
+    #: Why there is no state Redis, for the warning the middleware logs at worker boot.
+    no_store_reason = "no Redis is configured for jobkit state"
+
+    def after_state_store(
+        self, broker: Broker, client: redis.Redis | None, no_store_reason: str
+    ) -> None:
+        self.client = client
+        if no_store_reason:
+            self.no_store_reason = no_store_reason
+
+
 #: The hooks above, by name; each broker emits them through ``emit_after``.
 HOOKS = ("after_state_store", "after_dead_letter")
 

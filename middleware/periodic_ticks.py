@@ -30,14 +30,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, cast
 
-import redis
 import structlog
 from dramatiq import Broker, Worker
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import SkipMessage
 from periodiq import PeriodiqMiddleware
 
-from .hooks import JobkitMiddleware
+from .hooks import UsesStateRedis
 
 logger = structlog.get_logger("jobkit.periodic")
 
@@ -68,21 +67,14 @@ class DuplicateTick(SkipMessage):
     """Another message of the same periodic tick already ran (or is running)."""
 
 
-class PeriodicTicks(JobkitMiddleware):
-    """Lets one message per periodic actor and tick run (see the module docstring)."""
+class PeriodicTicks(UsesStateRedis):
+    """Lets one message per periodic actor and tick run (see the module docstring).
+
+    Tick locks live in the state Redis; without one they are off.
+    """
 
     def __init__(self) -> None:
-        self.client: redis.Redis | None = None
-        self.no_store_reason = "no Redis is configured for jobkit state"
         self._periodic: set[str] = set()
-
-    def after_state_store(
-        self, broker: Broker, client: redis.Redis | None, no_store_reason: str
-    ) -> None:
-        """Where tick locks live (``build_broker`` emits this); ``None`` turns them off."""
-        self.client = client
-        if no_store_reason:
-            self.no_store_reason = no_store_reason
 
     def after_declare_actor(self, broker: Broker, actor: Any) -> None:
         if "periodic" in actor.options:
