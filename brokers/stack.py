@@ -27,6 +27,7 @@ from middleware.sentry import SentryAlerts
 
 from .liveness import keep_alive
 from .metrics_exporter import serve_metrics
+from .redis_limit_store import RedisLimitStore
 
 
 def build_stack(settings: Settings | None = None) -> list[Middleware]:
@@ -64,7 +65,7 @@ def build_stack(settings: Settings | None = None) -> list[Middleware]:
         periodiq_middleware(settings.periodic_skip_delay),
         PeriodicTicks(),
         CrashLoops(settings.max_crashes),
-        RateLimits(settings.concurrency_lease_ms),
+        RateLimits(RedisLimitStore, settings.concurrency_lease_ms),
         DeadLetters(
             traceback_chars=settings.dead_letter_traceback,
             hook=settings.dead_letter_hook,

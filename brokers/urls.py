@@ -6,12 +6,11 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 from dramatiq import Broker
 
 from jobkit.errors import BrokerConfigError
-from jobkit.settings import Settings, current, mask_url
+from jobkit.settings import Settings, check_broker_url, current, mask_url
 
 BROKER_URL_ENV = "JOBKIT_BROKER_URL"
 HOME_ENV = "JOBKIT_HOME"
@@ -26,7 +25,6 @@ SCHEMES: dict[str, BrokerKind] = {
     "amqps": "rabbitmq",
     "embedded": "embedded",
 }
-ACCEPTED = "redis://, rediss://, unix://, amqp://, amqps://, embedded:// (or unset for embedded)"
 
 
 @dataclass(frozen=True)
@@ -58,42 +56,15 @@ def parse_broker_url(value: str | None, *, env: str = BROKER_URL_ENV) -> BrokerS
     if not value:
         return BrokerSpec(kind="embedded", home=default_home())
 
-    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
-    kind = SCHEMES.get(scheme)
-    if kind is None:
-        raise BrokerConfigError(
-            f"{env}={mask_url(value)!r} has an unsupported scheme; use one of {ACCEPTED}"
-        )
+    try:
+        check_broker_url(value)
+    except ValueError as error:
+        raise BrokerConfigError(f"{env}={mask_url(value)!r}: {error}") from None
+    kind = SCHEMES[value.partition("://")[0].lower()]
     if kind == "embedded":
         rest = value.split("://", 1)[1]
         home = Path(rest).expanduser().resolve() if rest else default_home()
         return BrokerSpec(kind="embedded", home=home)
-
-    parts = urlsplit(value)
-    if scheme == "unix":
-        if not parts.path:
-            raise BrokerConfigError(
-                f"{env}={mask_url(value)!r} names no socket path; "
-                "write it as unix:///absolute/path/to/redis.sock"
-            )
-    else:
-        if not parts.hostname:
-            raise BrokerConfigError(
-                f"{env}={mask_url(value)!r} names no host; write it as {scheme}://host:port/..."
-            )
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise BrokerConfigError(
-                f"{env}={mask_url(value)!r} has an invalid port; use a number from 1 to 65535"
-            ) from None
-    if kind == "redis" and scheme != "unix":
-        db = parts.path.lstrip("/")
-        if db and not db.isdigit():
-            raise BrokerConfigError(
-                f"{env}={mask_url(value)!r} has an invalid database {db!r}; "
-                "use a number, e.g. redis://127.0.0.1:6379/0"
-            )
     return BrokerSpec(kind=kind, url=value)
 
 

@@ -223,7 +223,11 @@ BROKER_ACCEPTED = (
 )
 
 
-def _broker_url(text: str) -> str:
+def check_broker_url(text: str) -> str:
+    """``text`` if it is a broker URL jobkit can use; else ValueError saying what is accepted.
+
+    ``brokers.urls.parse_broker_url`` applies the same check to a URL given in code.
+    """
     schemes = ("redis", "rediss", "unix", "amqp", "amqps", "embedded")
     wrong = f"unsupported scheme; use one of {BROKER_ACCEPTED}"
     if text.partition("://")[0].lower() == "embedded" and "://" in text:
@@ -362,7 +366,7 @@ class Settings(BaseSettings):
         validate_default=False,
     )
 
-    broker_url: Annotated[str, _parser(_broker_url)] = _setting(
+    broker_url: Annotated[str, _parser(check_broker_url)] = _setting(
         "", "the broker: `redis://`, `rediss://`, `unix://`, `amqp://`, `amqps://` or "
         "`embedded://[DIR]`. See [Brokers](brokers.md)",
         group=BROKER, shown="unset: embedded server under `JOBKIT_HOME`", secret="url")  # fmt: skip
@@ -599,10 +603,7 @@ class _EnvironSource(PydanticBaseSettingsSource):
 
 
 def mask_url(url: str) -> str:
-    """``url`` with any password (in userinfo or query string) replaced by ``***``.
-
-    The same as ``brokers.urls.mask_url``, which a leaf cannot import.
-    """
+    """``url`` with any password (in userinfo or query string) replaced by ``***``."""
     try:
         parts = urlsplit(url)
     except ValueError:

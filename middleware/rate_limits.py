@@ -50,7 +50,7 @@ from . import outcomes
 from .deliveries import CurrentDelivery
 from .dramatiq_seam import SKIPPED_MESSAGE_LOG, WORKER_THREAD_LOGGER
 from .hooks import JobkitMiddleware
-from .rate_limit_store import Ask, Outcome, RedisLimitStore
+from .limit_store import Ask, LimitStore, LimitStoreFactory, Outcome
 
 logger = structlog.get_logger("jobkit.rate_limits")
 
@@ -200,10 +200,12 @@ logging.getLogger(WORKER_THREAD_LOGGER).addFilter(_QUIET_SKIPS)
 class RateLimits(JobkitMiddleware):
     """Enforces ``rate_limit`` / ``concurrency_limit`` before each job, without burning retries."""
 
-    def __init__(self, lease_ms: int = DEFAULT_LEASE_MS) -> None:
+    def __init__(self, store_factory: LimitStoreFactory, lease_ms: int = DEFAULT_LEASE_MS) -> None:
+        #: Makes the shared limit store from the state Redis (``brokers/redis_limit_store.py``).
+        self.store_factory = store_factory
         #: How long a concurrency slot is held without renewal (``JOBKIT_CONCURRENCY_LEASE_MS``).
         self.lease_ms = lease_ms
-        self.store: RedisLimitStore | None = None
+        self.store: LimitStore | None = None
         self.no_store_reason = "no Redis is configured for rate-limit state"
         self._limits: dict[str, ActorLimits | None] = {}
         #: Limited actors declared while no store was configured.
@@ -230,7 +232,7 @@ class RateLimits(JobkitMiddleware):
         self, broker: Broker, client: redis.Redis | None, no_store_reason: str
     ) -> None:
         """Where limit state lives (``build_broker`` emits this); ``None`` forbids limits."""
-        self.store = RedisLimitStore(client) if client is not None else None
+        self.store = self.store_factory(client) if client is not None else None
         if self.store is not None:
             self._without_store.clear()
         if no_store_reason:

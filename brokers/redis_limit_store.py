@@ -1,5 +1,7 @@
 """Global rate-limit and concurrency state in Redis, one atomic script per decision.
 
+The store ``RateLimits`` is given (``middleware/limit_store.py`` says what it must do).
+
 Rates use GCRA (a token bucket kept as one "theoretical arrival time" per key).
 A job over the rate is not refused: it reserves the next free slot and is told
 how long to wait for it, so each deferred job comes back exactly once, when its
@@ -15,10 +17,10 @@ holders; neither fits deferral or per-holder expiry, hence these scripts.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from enum import IntEnum
 
 import redis
+
+from middleware.limit_store import Ask, Decision, Outcome
 
 ACQUIRE = """
 local t = redis.call("TIME")
@@ -103,42 +105,6 @@ for i, key in ipairs(KEYS) do
     redis.call("PEXPIRE", key, lease_ms * 2)
 end
 """
-
-
-class Outcome(IntEnum):
-    RUN = 0
-    WAIT_FOR_RATE = 1
-    WAIT_FOR_CONCURRENCY = 2
-    OVER_MAX_WAIT = 3
-
-
-@dataclass(frozen=True)
-class Decision:
-    outcome: Outcome
-    wait_ms: int
-    #: The rate slot this job holds (-1: none); a deferred job carries it back.
-    slot_ms: int
-    #: The store's clock, ms since the epoch.
-    now_ms: int
-
-
-@dataclass(frozen=True)
-class Ask:
-    """One job's request: its keys and limits, and what it carries from earlier deferrals."""
-
-    rate_key: str
-    concurrency_key: str
-    interval_ms: float = 0.0
-    burst: int = 1
-    concurrency: int = 0
-    #: Unique per delivery: a retry of the same job may run while this one ends.
-    lease_id: str = ""
-    waiter_id: str = ""
-    lease_ms: int = 30_000
-    slot_ms: int = -1
-    since_ms: int = -1
-    max_wait_ms: int = 3_600_000
-    default_duration_ms: int = 100
 
 
 class RedisLimitStore:
