@@ -12,7 +12,7 @@ from jobkit.errors import BrokerConfigError
 
 from .dead_letter_store import DeadLetterError, dead_letter_store
 from .queue_depth import QueueDepth
-from .rabbitmq import rabbitmq_queue_depths
+from .rabbitmq.amqp_admin import rabbitmq_queue_depths
 from .redis import redis_queue_depths
 
 

@@ -1,9 +1,9 @@
 """Every use jobkit makes of pika's private parts, in one place.
 
-jobkit's bulk publisher (``brokers.rabbitmq``) publishes on the asynchronous
-channel under a blocking one, so it need not wait for each confirm, and writes
-many messages' frames to the socket at once. pika has no public way to do
-either. Nothing else in the product touches pika's internals
+jobkit's bulk publisher (``brokers.rabbitmq.amqp_confirms``) publishes on the
+asynchronous channel under a blocking one, so it need not wait for each confirm,
+and writes many messages' frames to the socket at once. pika has no public way to
+do either. Nothing else in the product touches pika's internals
 (``tests/test_seams.py`` checks both that and that each one still exists).
 
 Version: major.minor. ``pyproject.toml`` allows ``pika>=1.3``; these internals

@@ -8,7 +8,7 @@ from jobkit.settings import Settings
 from middleware.priorities import PriorityConfig
 
 from . import embedded
-from .rabbitmq import build_rabbitmq_broker
+from .rabbitmq.amqp_broker import build_rabbitmq_broker
 from .redis import build_redis_broker
 from .urls import SPECS, BrokerSpec
 

@@ -12,7 +12,7 @@ from dramatiq import Broker
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 from brokers.acks import AckBatcher
-from brokers.rabbitmq import DeadLetteringConsumer
+from brokers.rabbitmq.amqp_consumer import DeadLetteringConsumer
 from tests.support.processes import wait_until, worker
 
 # ---------------------------------------------------------------- the batcher

@@ -14,7 +14,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
 from brokers import BrokerUnavailable, build_broker, check_broker, spec_of
-from brokers.rabbitmq import AmqpPriority
+from brokers.rabbitmq.amqp_priority import AmqpPriority
 from brokers.redis import DeadWorkerSweep, RedisSettingsCheck
 from brokers.stack import build_stack
 from tests.conftest import RABBITMQ_URL, make_broker, url_for

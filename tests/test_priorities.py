@@ -16,7 +16,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.worker import _WorkQueueItem
 
 from brokers import BrokerConfigError, build_broker, queue_depths
-from brokers.rabbitmq import QueueNeedsMigration
+from brokers.rabbitmq.amqp_broker import QueueNeedsMigration
 from brokers.redis import PriorityRedisBroker
 from brokers.stack import build_stack
 from jobkit.settings import current, load_settings

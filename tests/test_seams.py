@@ -44,7 +44,7 @@ from dramatiq.middleware import SkipMessage
 from pika.adapters.blocking_connection import BlockingChannel
 
 from brokers import pika_seam
-from brokers.rabbitmq import PriorityRabbitmqBroker, QueueNeedsMigration
+from brokers.rabbitmq.amqp_broker import PriorityRabbitmqBroker, QueueNeedsMigration
 from brokers.redis import PriorityRedisBroker
 from middleware import dramatiq_seam, prometheus_seam
 from middleware.priorities import PriorityConfig
