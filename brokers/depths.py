@@ -13,7 +13,7 @@ from jobkit.errors import BrokerConfigError
 from .dead_letter_store import DeadLetterError, dead_letter_store
 from .queue_depth import QueueDepth
 from .rabbitmq.amqp_admin import rabbitmq_queue_depths
-from .redis import redis_queue_depths
+from .redis.depth_scan import redis_queue_depths
 
 
 def queue_depths(broker: Broker, queues: set[str] | None = None) -> list[QueueDepth]:

@@ -9,7 +9,7 @@ from dramatiq.brokers.redis import RedisBroker
 from middleware.dramatiq_seam import redis_command
 
 from .rabbitmq.amqp_admin import check_rabbitmq
-from .redis import check_redis
+from .redis.checks import check_redis
 from .urls import SPECS, spec_of
 
 

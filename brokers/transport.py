@@ -9,7 +9,7 @@ from middleware.priorities import PriorityConfig
 
 from . import embedded
 from .rabbitmq.amqp_broker import build_rabbitmq_broker
-from .redis import build_redis_broker
+from .redis.build import build_redis_broker
 from .urls import SPECS, BrokerSpec
 
 

@@ -15,7 +15,8 @@ from dramatiq.brokers.stub import StubBroker
 
 from brokers import BrokerUnavailable, build_broker, check_broker, spec_of
 from brokers.rabbitmq.amqp_priority import AmqpPriority
-from brokers.redis import DeadWorkerSweep, RedisSettingsCheck
+from brokers.redis.checks import RedisSettingsCheck, unsafe_settings
+from brokers.redis.upkeep import DeadWorkerSweep
 from brokers.stack import build_stack
 from tests.conftest import RABBITMQ_URL, make_broker, url_for
 from tests.support.processes import wait_until, worker
@@ -161,8 +162,6 @@ def test_a_broker_that_does_not_answer_gives_one_clear_line(
 def test_redis_settings_that_can_lose_jobs_are_named(
     redis_broker_kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from brokers.redis import unsafe_settings
-
     broker = make_broker(redis_broker_kind)
     client = broker.client
     saved = client.config_get("maxmemory-policy")["maxmemory-policy"]

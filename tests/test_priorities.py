@@ -17,7 +17,7 @@ from dramatiq.worker import _WorkQueueItem
 
 from brokers import BrokerConfigError, build_broker, queue_depths
 from brokers.rabbitmq.amqp_broker import QueueNeedsMigration
-from brokers.redis import PriorityRedisBroker
+from brokers.redis.broker import PriorityRedisBroker
 from brokers.stack import build_stack
 from jobkit.settings import current, load_settings
 from middleware.priorities import (

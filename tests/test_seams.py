@@ -45,7 +45,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from brokers import pika_seam
 from brokers.rabbitmq.amqp_broker import PriorityRabbitmqBroker, QueueNeedsMigration
-from brokers.redis import PriorityRedisBroker
+from brokers.redis.broker import PriorityRedisBroker
 from middleware import dramatiq_seam, prometheus_seam
 from middleware.priorities import PriorityConfig
 from middleware.retries import Retries as JobkitRetries
