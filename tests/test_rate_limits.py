@@ -285,7 +285,7 @@ def test_a_sigkilled_workers_slot_is_freed_within_the_lease(
                 e["event"] == "start" and e["args"][1] == 0 for e in job_log.read(log_path)
             ),
             timeout=60,
-        )
+        ), (job_log.read(log_path), (tmp_path / "survivor.log").read_text()[-3000:])
     finally:
         stop_group(survivor)
     (quick,) = [e for e in job_log.read(log_path) if e["event"] == "start" and e["args"][1] == 0]
