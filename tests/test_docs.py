@@ -202,3 +202,64 @@ def test_every_dramatiq_command_and_make_target_in_the_docs_exists() -> None:
         named = [word for word in argv if not word.startswith("-") and "=" not in word]
         failures += [f"{line}\n    no target {t!r}" for t in named if t not in targets]
     assert not failures, "\n".join(failures)
+
+
+def reasons_the_code_gives() -> set[str]:
+    """What ``dead_letter_reason`` returns, and the ``reason`` of every product error."""
+    import ast
+    import inspect
+    import pkgutil
+
+    import brokers
+    import middleware
+    from middleware import outcomes
+
+    function = ast.parse(inspect.getsource(outcomes.dead_letter_reason))
+    returned = [node for node in ast.walk(function) if isinstance(node, ast.Return)]
+    found = {
+        node.value
+        for value in returned
+        for node in ast.walk(value)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    }
+    for package in (brokers, middleware):
+        for module_info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+            module = importlib.import_module(module_info.name)
+            for value in vars(module).values():
+                if isinstance(value, type) and issubclass(value, BaseException):
+                    reason = vars(value).get("reason")
+                    if isinstance(reason, str):
+                        found.add(reason)
+    return found
+
+
+def test_the_dead_letter_reasons_are_the_same_in_code_cli_and_docs() -> None:
+    from jobkit.cli import build_parser
+    from jobkit.cli.dead_letter_commands import REASONS as CLI_REASONS
+    from middleware.dead_letters import REASONS
+
+    declared = set(REASONS)
+    assert len(declared) == len(REASONS), "a reason is listed twice"
+    assert reasons_the_code_gives() == declared
+
+    assert set(CLI_REASONS.split(", ")) == declared
+    help_text = " ".join(parse_help(build_parser(), ["dead-letters", "--help"]).split())
+    listed = re.search(r"Reasons: ([\w, ]+)\.", help_text)
+    assert listed, help_text
+    assert set(listed.group(1).split(", ")) == declared
+    option_help = " ".join(parse_help(build_parser(), ["dead-letters", "list", "--help"]).split())
+    assert all(reason in option_help for reason in declared), option_help
+
+    page = (REPO / "docs" / "middleware" / "dead-letters.md").read_text()
+    row = re.search(r"^\| `reason` \| (.*) \|$", page, re.M)
+    assert row, "docs/middleware/dead-letters.md: no `reason` row in the record's table"
+    # The reasons are the row's code words outside parentheses (inside: what they mean).
+    assert set(re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", row.group(1)))) == declared
+
+
+def parse_help(parser: argparse.ArgumentParser, argv: list[str]) -> str:
+    """What ``jobkit ARGV`` (a ``--help``) prints."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), pytest.raises(SystemExit):
+        parser.parse_args(argv)
+    return printed.getvalue()
