@@ -7,10 +7,7 @@ from its queue; then ``after_dead_letter`` runs the ``on_dead_letter`` hooks.
 Bytes that are not a message never reach middleware: the consumer stores them
 as ``undecodable`` and calls ``after_dead_letter`` too.
 
-Reasons: ``retries_exhausted``, ``non_retryable`` (a ``throws`` exception),
-``time_limit``, ``age_limit``, ``rate_limited`` (``rate_limit_max_wait``),
-``unknown_actor``, ``undecodable``, ``not_retried`` (``retry_when`` said no),
-``skipped`` (another middleware failed it without running it).
+Why a job was kept is one of :data:`REASONS`.
 
 Settings: ``JOBKIT_DEAD_LETTER_TRACEBACK`` (characters kept, the end of the
 traceback; default 8192), ``JOBKIT_DEAD_LETTER_HOOK`` (``module:function``
@@ -61,6 +58,26 @@ HOST = socket.gethostname()
 logger = logging.getLogger("jobkit.dead_letters")
 
 Hook = Callable[[dict[str, Any]], Any]
+
+#: Every reason a dead letter can carry: what ``outcomes.dead_letter_reason`` says of a job
+#: that ran or was skipped, and the ``reason`` of the errors that end one early (the
+#: consumers' ``brokers.decoding``, ``CrashLoops``, ``RateLimits``). The manual's table and
+#: ``jobkit dead-letters --help`` list the same (``tests/test_docs.py``).
+REASONS = (
+    "retries_exhausted",  # its last allowed attempt raised
+    "non_retryable",  # it raised an exception in its ``throws``
+    "time_limit",  # its last allowed attempt hit its ``time_limit``
+    "age_limit",  # older than its ``max_age``
+    "rate_limited",  # it would wait past ``rate_limit_max_wait``
+    "unknown_actor",  # no such actor in the worker
+    "undecodable",  # bytes in a queue that are not a message
+    "too_large",  # over ``JOBKIT_MAX_MESSAGE_BYTES``
+    "bad_signature",  # unsigned or forged, with ``JOBKIT_SIGNING_KEY`` set
+    "crash_loop",  # its worker died while running it ``JOBKIT_MAX_CRASHES`` times
+    "limits_unavailable",  # a limited actor's job, and no store for limit state
+    "not_retried",  # ``retry_when`` said no
+    "skipped",  # another middleware failed it without running it
+)
 
 #: Options that describe one delivery, not the job: dropped when a job is kept and replayed.
 DELIVERY_OPTIONS = frozenset(
