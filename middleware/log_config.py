@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from typing import Any
 
 import structlog
 
@@ -41,12 +42,31 @@ def configure_structlog(*, force: bool = False) -> None:
         processors=[
             structlog.stdlib.filter_by_level,
             *shared_processors(),
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            to_stdlib,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+
+
+#: How an event reads where jobkit does not own logging (a plain stdlib handler, or none).
+_PLAIN_TEXT = structlog.dev.ConsoleRenderer(
+    colors=False, exception_formatter=structlog.dev.plain_traceback
+)
+
+
+def to_stdlib(logger: Any, name: str, event_dict: Any) -> Any:
+    """Hand an event to the standard library: to jobkit's formatter once it is installed.
+
+    Until :func:`configure_logging` installs it (an app that runs a Worker itself and
+    left ``JOBKIT_LOG_FORMAT`` unset), the event is rendered here as one line of text,
+    with its traceback, so the app's own handlers (or Python's last-resort one) print
+    that rather than the event's dict.
+    """
+    if CONFIGURED is not None:
+        return structlog.stdlib.ProcessorFormatter.wrap_for_formatter(logger, name, event_dict)
+    return _PLAIN_TEXT(logger, name, event_dict)
 
 
 def resolve_format(fmt: str | None = None) -> str:

@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import re
+import subprocess
+import sys
 import threading
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -422,3 +424,26 @@ def _run_and_check(
     assert all(e.get("message_id") in per_job and e.get("actor") == "flaky" for e in inner)
     started = [e for e in jobs if e["event"] == "job.started" and e["actor"] == "flaky"]
     assert all(e["args"]["password"] == REDACTED for e in started)
+
+
+def test_events_read_as_text_where_jobkit_does_not_own_logging(tmp_path: Path) -> None:
+    """An app that runs a Worker itself, logging unconfigured: lines of text, not dicts."""
+    script = (
+        "import structlog\n"
+        "from middleware.log_config import configure_structlog\n"
+        "configure_structlog()\n"
+        "try:\n"
+        "    raise ValueError('nope')\n"
+        "except ValueError:\n"
+        "    structlog.get_logger('jobkit.jobs').warning(\n"
+        "        'job.failed', actor='boom', exc_info=True)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=child_env("redis://127.0.0.1:6379/15"),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    first = result.stderr.splitlines()[0]
+    assert "job.failed" in first and "actor=boom" in first, result.stderr
+    assert "{'" not in result.stderr
+    assert result.stderr.rstrip().endswith("ValueError: nope")
