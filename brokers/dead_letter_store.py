@@ -9,7 +9,8 @@ Keys (``jobkit:dl:``): ``records`` (hash id -> record JSON), ``by_time`` (zset
 id -> failed-at ms), ``queue_of`` (hash id -> queue) and ``queue:<name>`` (zset
 per queue, for counts and the queue filter). A record is keyed by the message
 id, so a message dead-lettered twice (a worker died between storing it and
-acking it) is kept once.
+acking it) is kept once. An id may be given by a unique prefix (:meth:`DeadLetterStore.
+resolve`): a ``ZSCAN`` of ``by_time`` with ``MATCH prefix*``, members only on the wire.
 
 Retention: records older than ``JOBKIT_DEAD_LETTER_TTL`` (default ``7d``;
 ``0`` keeps them forever) are removed as new ones arrive and by ``purge
@@ -34,6 +35,7 @@ from jobkit.errors import JobkitError
 from jobkit.settings import current
 from middleware.dead_letters import dead_letter_of, describe_undecodable
 
+from .id_prefixes import MIN_PREFIX, match_pattern, resolve_id
 from .state import state_client
 
 MAX_ENV = "JOBKIT_DEAD_LETTER_MAX"
@@ -45,6 +47,17 @@ RECORDS, BY_TIME, QUEUE_OF, QUEUE = (
     f"{PREFIX}queue:",
 )
 logger = logging.getLogger("jobkit.dead_letters")
+#: The command that lists dead letters, named by errors about ids.
+LISTING = "jobkit dead-letters list"
+#: Every reason a dead letter can carry: middleware.outcomes (from retries_exhausted to
+#: skipped), brokers.decoding (undecodable, too_large, bad_signature),
+#: middleware.crash_loops (crash_loop) and middleware.rate_limits (rate_limited,
+#: limits_unavailable).
+REASONS = (
+    "retries_exhausted", "non_retryable", "time_limit", "age_limit", "rate_limited",
+    "unknown_actor", "undecodable", "too_large", "bad_signature", "crash_loop",
+    "limits_unavailable", "not_retried", "skipped",
+)  # fmt: skip
 
 # Removes ids from every index; ARGV: queue key prefix, ids...
 _REMOVE = """
@@ -194,6 +207,30 @@ class DeadLetterStore:
     def get(self, dead_letter_id: str) -> dict[str, Any] | None:
         data = self.client.hget(RECORDS, dead_letter_id)
         return json.loads(data) if data is not None else None
+
+    def resolve(self, prefix: str) -> str:
+        """The id of the one dead letter whose id is or starts with ``prefix`` (git-style).
+
+        Raises :class:`~brokers.id_prefixes.UnknownId` or
+        :class:`~brokers.id_prefixes.AmbiguousId`, one line each.
+        """
+        return self.resolve_all([prefix])[0]
+
+    def resolve_all(self, prefixes: Iterable[str]) -> list[str]:
+        """:meth:`resolve` for each prefix, in order, each id once; whole ids in one round trip."""
+        prefixes = list(dict.fromkeys(prefixes))
+        exists = self.client.hmget(QUEUE_OF, prefixes) if prefixes else []
+        resolved = []
+        for prefix, queue in zip(prefixes, exists, strict=True):
+            candidates = [prefix] if queue is not None else self._ids_starting(prefix)
+            resolved.append(resolve_id(prefix, candidates, what="dead letter", listing=LISTING))
+        return list(dict.fromkeys(resolved))
+
+    def _ids_starting(self, prefix: str) -> list[str]:
+        if len(prefix) < MIN_PREFIX:
+            return []  # resolve_id says it is too short; no scan of every id for it
+        found = self.client.zscan_iter(BY_TIME, match=match_pattern(prefix), count=1000)
+        return [member.decode() for member, _score in found]
 
     def count(self) -> int:
         return int(self.client.zcard(BY_TIME))

@@ -31,3 +31,7 @@ class BrokerFull(JobkitError, RuntimeError):
 
 class BrokerBlocked(JobkitError, RuntimeError):
     """The broker blocked a publish (a memory or disk alarm) past the timeout; not confirmed."""
+
+
+class UsageError(JobkitError, ValueError):
+    """The command line asks for something it cannot mean (exit code ``USAGE``, not ``ERROR``)."""

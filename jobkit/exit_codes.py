@@ -1,12 +1,19 @@
-"""Every exit code of the ``jobkit`` command and its fronts, in one place (as Dramatiq's RET_*)."""
+"""Every exit code of the ``jobkit`` command and its fronts, in one place (as Dramatiq's RET_*).
+
+The CLI reference (docs/cli.md, "Exit codes") lists the same table; a test keeps them equal.
+"""
 
 OK = 0
-#: A jobkit error, shown as one line on stderr (bad input, an unknown id, a broker that
-#: does not answer); also ``jobkit demo`` when a job did not end as planned.
+#: A jobkit error, shown as one line on stderr: an unknown or ambiguous id, a broker that
+#: does not answer, an app that cannot be imported, a replay that failed; also ``jobkit
+#: demo`` when a job did not end as planned.
 ERROR = 1
-#: Wrong command-line usage (argparse's own code).
+#: Wrong command-line usage, shown as one line naming the option: an unknown option or
+#: command, a missing or invalid value (argparse's own code).
 USAGE = 2
 #: ``jobkit embedded status``: no embedded server is running.
 NOT_RUNNING = 3
 #: Interrupted (Ctrl-C): 128 + SIGINT.
 INTERRUPTED = 130
+#: ``jobkit demo`` stopped by SIGTERM: 128 + SIGTERM.
+TERMINATED = 143

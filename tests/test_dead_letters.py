@@ -20,7 +20,6 @@ from dramatiq.brokers.redis import RedisBroker
 
 from brokers import queue_depths
 from brokers.dead_letter_store import (
-    DeadLetterError,
     DeadLetterStore,
     Filters,
     dead_letter_store,
@@ -77,13 +76,15 @@ def test_durations_parse(text: str, ms: int) -> None:
 
 
 def test_since_takes_an_age_or_an_iso_time() -> None:
-    from jobkit.cli.dead_letter_commands import parse_time_ms
+    import argparse
 
-    assert parse_time_ms("2026-01-02T03:04:05Z") == 1_767_323_045_000
-    assert parse_time_ms("2026-01-02T03:04:05") == 1_767_323_045_000  # UTC unless said
-    assert abs(parse_time_ms("1h") - (time.time() * 1000 - 3_600_000)) < 5_000
-    with pytest.raises(DeadLetterError, match="neither an age"):
-        parse_time_ms("yesterday")
+    from jobkit.arguments import moment_ms
+
+    assert moment_ms("2026-01-02T03:04:05Z") == 1_767_323_045_000
+    assert moment_ms("2026-01-02T03:04:05") == 1_767_323_045_000  # UTC unless said
+    assert abs(moment_ms("1h") - (time.time() * 1000 - 3_600_000)) < 5_000
+    with pytest.raises(argparse.ArgumentTypeError, match="an age .* or an ISO-8601 time"):
+        moment_ms("yesterday")
 
 
 def test_a_replayed_message_is_new_with_no_delivery_state_and_points_back() -> None:

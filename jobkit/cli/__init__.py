@@ -1,4 +1,9 @@
-"""The ``jobkit`` command: ``jobkit --help`` lists the subcommands, each has its own ``--help``."""
+"""The ``jobkit`` command: ``jobkit --help`` lists the subcommands, each has its own ``--help``.
+
+Exit codes are ``jobkit.exit_codes``: a usage error (a bad option, found by argparse or
+by a converter of ``jobkit.arguments``) is ``USAGE``, any other failure ``ERROR``; both
+are one line on stderr.
+"""
 
 from __future__ import annotations
 
@@ -10,32 +15,26 @@ from collections.abc import Sequence
 import pika.exceptions
 import redis
 
-from brokers.urls import BROKER_URL_ENV, HOME_ENV
+from brokers.urls import BROKER_URL_ENV
 from jobkit import demo, exit_codes
 from jobkit.app import APP_ENV, DEFAULT_APP
-from jobkit.errors import JobkitError
+from jobkit.arguments import Parser, like_setting
+from jobkit.errors import JobkitError, UsageError
 from jobkit.settings import current
 
 from . import bench, dead_letter_commands, embedded_commands, queues, send, stats, worker
+from .environment import add_epilogs
 
 COMMANDS = (demo, worker, queues, stats, send, dead_letter_commands, bench, embedded_commands)
-
-EPILOG = f"""\
-environment:
-  {BROKER_URL_ENV}   broker to use: redis://, rediss://, unix://, amqp://, amqps://,
-                      embedded://[DIR]; unset = embedded Valkey server under $JOBKIT_HOME
-  {HOME_ENV}          data directory of the embedded server (default: ./.jobkit)
-  {APP_ENV}           module that declares your actors, as --app (default: actors)
-"""
+#: Commands that pass options they do not know on: to dramatiq, to the benchmark suite.
+PASS_ON = {"worker": "dramatiq_args", "bench": "suite_args"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    parser = Parser(
         prog="jobkit",
         description="Background jobs on Dramatiq: run the demo, inspect queues, send jobs, "
         "inspect and replay dead letters, manage the embedded broker.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="show full tracebacks on errors"
@@ -43,28 +42,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"jobkit {jobkit_version()}")
     parser.add_argument(
         "--app",
+        type=like_setting("app"),
         metavar="MODULE[:BROKER]",
         help=f"the module that declares your actors (default: ${APP_ENV}, else {DEFAULT_APP})",
     )
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         command.add_parser(subcommands)
+    add_epilogs(parser)
+    return parser
+
+
+def command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Parser:
+    """The parser of the command ``args`` were parsed for, e.g. ``jobkit dead-letters list``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = getattr(args, action.dest, None)
+            if chosen in action.choices:
+                return command_parser(action.choices[chosen], args)
+    assert isinstance(parser, Parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    # `jobkit worker` passes options it does not know on to dramatiq.
     args, unknown = parser.parse_known_args(argv)
-    if unknown and args.command == "bench":
-        args.suite_args = [*unknown, *args.suite_args]
-    elif unknown and args.command != "worker":
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if args.command == "worker":
-        args.dramatiq_args = [*unknown, *args.dramatiq_args]
+    command = command_parser(parser, args)
+    if args.command in PASS_ON:
+        passed = PASS_ON[args.command]
+        setattr(args, passed, [*unknown, *getattr(args, passed)])
+    elif unknown:
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         current()  # every setting is checked before any command runs (one line if bad)
         return int(args.handler(args) or 0)
+    except UsageError as error:  # found after parsing, e.g. ids and --all together
+        print(f"jobkit: error: {command.usage_line(str(error))}", file=sys.stderr)
+        return exit_codes.USAGE
     except KeyboardInterrupt:
         print("jobkit: interrupted", file=sys.stderr)
         return exit_codes.INTERRUPTED

@@ -5,29 +5,27 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from rich.markup import escape
 
 from brokers import check_broker
 from brokers.dead_letter_store import (
+    REASONS,
     DeadLetterError,
     DeadLetterStore,
     Filters,
     dead_letter_store,
 )
 from jobkit.app import load_app
-from jobkit.output import print_json, print_table, stderr, stdout
-from jobkit.settings import current, parse_duration_ms
+from jobkit.arguments import duration_ms, id_prefix, moment_ms, name, whole
+from jobkit.errors import UsageError
+from jobkit.output import print_json, print_line, print_listing, stderr, stdout
+from jobkit.settings import current
 from middleware.redaction import Redactor
 
-#: Every reason a dead letter can carry (middleware.dead_letters, brokers.decoding,
-#: middleware.crash_loops, middleware.rate_limits).
-REASONS = (
-    "retries_exhausted, non_retryable, time_limit, age_limit, rate_limited, unknown_actor, "
-    "undecodable, too_large, bad_signature, crash_loop, limits_unavailable, not_retried, skipped"
-)
+#: What ``list`` prints when nothing matches its filters, or there is none (``--json``: ``[]``).
+NONE_MATCH, NONE = "no dead letters match", "no dead letters"
 
 
 def add_parser(subcommands: argparse._SubParsersAction) -> None:
@@ -37,14 +35,19 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         description="Jobs that failed for good (retries exhausted, a non-retryable error, an age "
         "or time limit, a rate limit waited too long, an unknown actor) and bytes found in a "
         "queue that are not a message, each kept with its reason, exception and traceback. "
-        f"Reasons: {REASONS}.",
+        f"Reasons: {', '.join(REASONS)}. An ID may be any unique prefix of a dead letter's "
+        "id (at least 4 characters), as git takes a commit's.",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     listing = actions.add_parser("list", help="dead letters, newest first")
     _add_filters(listing)
-    listing.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (50)")
-    listing.add_argument("--json", action="store_true", help="print full records as JSON")
+    listing.add_argument(
+        "--limit", type=whole(1), default=50, metavar="N", help="at most N (default: 50)"
+    )
+    listing.add_argument(
+        "--json", action="store_true", help="print full records as JSON ([] if none match)"
+    )
     listing.set_defaults(handler=run_list)
 
     show = actions.add_parser(
@@ -53,7 +56,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         description="Print one dead letter. Keyword arguments whose names match "
         "JOBKIT_LOG_REDACT are masked; --json prints the record exactly as kept.",
     )
-    show.add_argument("id", metavar="ID")
+    show.add_argument("id", type=id_prefix, metavar="ID", help="an id, or a unique prefix of one")
     show.add_argument("--json", action="store_true", help="print the record as JSON")
     show.set_defaults(handler=run_show)
 
@@ -74,8 +77,9 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     _add_selection(purge)
     purge.add_argument(
         "--older-than",
+        type=duration_ms,
         metavar="AGE",
-        help="only those that failed more than AGE ago (e.g. 7d, 12h)",
+        help="with --all: only those that failed more than AGE ago (e.g. 7d, 12h)",
     )
     purge.add_argument("--yes", action="store_true", help="do not ask before deleting a selection")
     purge.add_argument("--json", action="store_true", help="print the count as JSON")
@@ -83,54 +87,40 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
 
 
 def _add_filters(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--queue", metavar="Q", help="only this queue")
-    parser.add_argument("--actor", metavar="A", help="only this actor")
-    parser.add_argument("--reason", metavar="R", help=f"only this reason ({REASONS})")
+    parser.add_argument("--queue", type=name, metavar="Q", help="only this queue")
+    parser.add_argument("--actor", type=name, metavar="A", help="only this actor")
+    parser.add_argument(
+        "--reason",
+        choices=REASONS,
+        metavar="R",
+        help=f"only this reason: {', '.join(REASONS)}",
+    )
     parser.add_argument(
         "--since",
+        type=moment_ms,
         metavar="T",
         help="only those that failed since T: an age (30m, 2h, 7d) or an ISO-8601 time",
     )
 
 
 def _add_selection(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("ids", nargs="*", metavar="ID", help="dead letter ids")
+    parser.add_argument(
+        "ids", nargs="*", type=id_prefix, metavar="ID", help="dead letter ids, or unique prefixes"
+    )
     parser.add_argument(
         "--all", action="store_true", help="every dead letter matching the filters (or all)"
     )
     _add_filters(parser)
 
 
-def parse_time_ms(text: str) -> int:
-    """An age (``2h``: that long ago) or an ISO-8601 time (UTC if it names no zone) -> epoch ms."""
-    try:
-        return int(time.time() * 1000) - parse_duration_ms(text)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise DeadLetterError(
-            f"{text!r} is neither an age (30m, 2h, 7d) nor an ISO-8601 time"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1000)
-
-
 def filters_from(args: argparse.Namespace) -> Filters:
-    before = None
-    if getattr(args, "older_than", None):
-        try:
-            before = int(time.time() * 1000) - parse_duration_ms(args.older_than)
-        except ValueError as error:
-            raise DeadLetterError(f"--older-than: {error}") from None
+    older_than = getattr(args, "older_than", None)
     return Filters(
         queue=args.queue,
         actor=args.actor,
         reason=args.reason,
-        since_ms=parse_time_ms(args.since) if args.since else None,
-        before_ms=before,
+        since_ms=args.since,
+        before_ms=int(time.time() * 1000) - older_than if older_than is not None else None,
     )
 
 
@@ -144,9 +134,9 @@ def _selection(args: argparse.Namespace) -> tuple[list[str], Filters | None]:
     filters = filters_from(args)
     filtered = filters != Filters()
     if args.ids and (args.all or filtered):
-        raise DeadLetterError("give dead letter ids, or --all with filters, not both")
+        raise UsageError("give dead letter ids, or --all with filters, not both")
     if not args.ids and not args.all:
-        raise DeadLetterError("give dead letter ids, or --all (optionally with filters)")
+        raise UsageError("give dead letter ids, or --all (optionally with filters)")
     return list(args.ids), filters if args.all else None
 
 
@@ -157,33 +147,34 @@ def _error_text(record: dict[str, Any], width: int = 70) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    records = _store(args.app).list(filters_from(args), limit=args.limit)
-    if args.json:
-        print_json(records)
-        return 0
-    print_table(
-        f"dead letters (newest first, at most {args.limit})",
-        ("id", "failed at", "queue", "actor", "reason", "attempts", "error"),
-        [
-            (
-                r["id"],
-                r.get("failed_at"),
-                r.get("queue"),
-                r.get("actor"),
-                r.get("reason"),
-                r.get("attempts"),
-                _error_text(r),
-            )
-            for r in records
-        ],
+    filters = filters_from(args)
+    records = _store(args.app).list(filters, limit=args.limit)
+    print_listing(
+        records,
+        as_json=args.json,
+        title=f"dead letters (newest first, at most {args.limit})",
+        columns=("id", "failed at", "queue", "actor", "reason", "attempts", "error"),
+        row=lambda r: (
+            r["id"],
+            r.get("failed_at"),
+            r.get("queue"),
+            r.get("actor"),
+            r.get("reason"),
+            r.get("attempts"),
+            _error_text(r),
+        ),
+        empty=NONE if filters == Filters() else NONE_MATCH,
+        whole=("id",),
     )
     return 0
 
 
 def run_show(args: argparse.Namespace) -> int:
-    record = _store(args.app).get(args.id)
-    if record is None:
-        raise DeadLetterError(f"no dead letter {args.id!r} (jobkit dead-letters list shows ids)")
+    store = _store(args.app)
+    dead_letter_id = store.resolve(args.id)
+    record = store.get(dead_letter_id)
+    if record is None:  # purged since it was resolved
+        raise DeadLetterError(f"dead letter {dead_letter_id} was just deleted")
     if args.json:
         print_json(record)
         return 0
@@ -218,13 +209,14 @@ def run_show(args: argparse.Namespace) -> int:
 def run_replay(args: argparse.Namespace) -> int:
     ids, filters = _selection(args)
     store = _store(args.app)
+    ids = store.resolve_all(ids)  # every id known and unambiguous, or nothing is replayed
     with _progress("replaying") as advance:
         report = store.replay(ids, filters, dry_run=args.dry_run, progress=advance)
     if args.json:
         print_json({"dry_run": args.dry_run, **report.as_dict()})
     else:
         verb = "would replay" if args.dry_run else "replayed"
-        stdout.print(f"{verb} {len(report.replayed)} dead letter(s)", highlight=False)
+        print_line(f"{verb} {len(report.replayed)} dead letter(s)")
         for dead_letter_id, why in {**report.skipped, **report.failed}.items():
             stderr.print(f"  {dead_letter_id}: {why}", markup=False, highlight=False)
     return 1 if report.failed else 0
@@ -233,6 +225,7 @@ def run_replay(args: argparse.Namespace) -> int:
 def run_purge(args: argparse.Namespace) -> int:
     ids, filters = _selection(args)
     store = _store(args.app)
+    ids = store.resolve_all(ids)  # every id known and unambiguous, or nothing is deleted
     if filters is not None:
         ids = ids + [record["id"] for record in store.iter(filters)]
         if ids and not args.yes and not _confirm(f"delete {len(ids)} dead letter(s)?"):
@@ -241,7 +234,7 @@ def run_purge(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"purged": removed})
     else:
-        stdout.print(f"purged {removed} dead letter(s)", highlight=False)
+        print_line(f"purged {removed} dead letter(s)")
     return 0
 
 

@@ -6,6 +6,7 @@ import argparse
 
 from brokers import check_broker, queue_depths, spec_of
 from jobkit.app import load_app
+from jobkit.arguments import name
 from jobkit.output import print_json, print_table
 from middleware.priorities import LEVELS
 
@@ -23,11 +24,16 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         "--queue",
         "-q",
         action="append",
+        type=name,
         default=[],
         metavar="NAME",
         help="also report this queue (repeatable); needed on RabbitMQ for queues no actor declares",
     )
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help='print JSON instead of a table: {"broker": URL, "queues": [...]}',
+    )
     parser.set_defaults(handler=run)
 
 
@@ -43,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
             }
         )
         return 0
+    where = spec_of(broker).display_url
     print_table(
-        f"queues on {spec_of(broker).display_url}",
+        f"queues on {where}",
         ("queue", "ready", *LEVELS, "delayed", "in flight", "dead-lettered"),
         [
             (
@@ -57,5 +64,7 @@ def run(args: argparse.Namespace) -> int:
             )
             for d in depths
         ],
+        empty=f"no queues on {where}: the app declares none and the broker holds none",
+        whole=("queue",),
     )
     return 0

@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+from datetime import datetime
 from typing import Any
+
+from dramatiq import Message
 
 from brokers import check_broker
 from jobkit.app import load_app
+from jobkit.arguments import DURATION_ACCEPTED, checked, duration_ms, json_object
 from jobkit.errors import JobkitError
-from jobkit.output import print_json, stdout
-from middleware.priorities import parse_level
+from jobkit.output import print_json, print_line
+from middleware.priorities import LEVELS, parse_level
 
 
 class BadJobError(JobkitError, ValueError):
@@ -29,17 +33,30 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("actor", metavar="ACTOR", help="actor name, e.g. sleep_ms")
     parser.add_argument("args", nargs="*", metavar="ARG", help="positional arguments")
     parser.add_argument(
-        "--kwargs", default="{}", metavar="JSON", help="keyword arguments as a JSON object"
+        "--kwargs",
+        type=json_object,
+        default="{}",
+        metavar="JSON",
+        help="keyword arguments as a JSON object",
     )
     parser.add_argument(
-        "--delay", type=int, default=None, metavar="MS", help="run no sooner than MS ms from now"
+        "--delay",
+        type=duration_ms,
+        default=None,
+        metavar="DELAY",
+        help=f"run no sooner than DELAY from now: {DURATION_ACCEPTED.removeprefix('a ')}",
     )
     parser.add_argument(
         "--priority",
+        type=checked(parse_level, "priority"),
         metavar="LEVEL",
-        help="critical, high, normal or low (default: the actor's own, normally normal)",
+        help=f"{', '.join(LEVELS)} (default: the actor's own, normally normal)",
     )
-    parser.add_argument("--json", action="store_true", help="print the sent message as JSON")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the sent message as JSON (queue_name: the actor's queue)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -57,35 +74,34 @@ def run(args: argparse.Namespace) -> int:
     except Exception:
         known = ", ".join(sorted(broker.get_declared_actors()))
         raise BadJobError(f"no actor named {args.actor!r}; known actors: {known}") from None
-    try:
-        kwargs = json.loads(args.kwargs)
-    except json.JSONDecodeError as error:
-        raise BadJobError(
-            f"--kwargs is not valid JSON: {error.msg} at column {error.colno}"
-        ) from None
-    if not isinstance(kwargs, dict):
-        raise BadJobError("--kwargs must be a JSON object, e.g. '{\"ms\": 10}'")
+    kwargs = args.kwargs
     positional = [parse_arg(text) for text in args.args]
     signature = inspect.signature(actor.fn)
     try:
         signature.bind(*positional, **kwargs)
     except TypeError as error:
         raise BadJobError(f"wrong arguments for {actor.actor_name}{signature}: {error}") from None
-    options = {}
-    if args.priority is not None:
-        try:
-            options["priority"] = parse_level(args.priority)
-        except ValueError as error:
-            raise BadJobError(f"--priority: {error}") from None
+    options = {} if args.priority is None else {"priority": args.priority}
     check_broker(broker)
     message = actor.send_with_options(
-        args=tuple(positional), kwargs=kwargs, delay=args.delay, **options
-    )
+        args=tuple(positional), kwargs=kwargs, delay=args.delay or None, **options
+    )  # --delay 0: not delayed (Dramatiq would route it through the delay queue)
+    # A delayed message waits in Dramatiq's delay queue ("default.DQ"), an internal name:
+    # people know the actor's queue, where it runs once due.
     if args.json:
-        print_json(message.asdict())
+        print_json({**message.asdict(), "queue_name": actor.queue_name})
     else:
-        stdout.print(
-            f"sent {actor.actor_name} to queue {message.queue_name!r} "
+        print_line(
+            f"sent {actor.actor_name} to queue {actor.queue_name!r}{_due(message)} "
             f"(message id {message.message_id})"
         )
     return 0
+
+
+def _due(message: Message) -> str:
+    """``, due at <local time>`` for a delayed message, else nothing."""
+    eta = message.options.get("eta")
+    if eta is None:
+        return ""
+    due = datetime.fromtimestamp(int(eta) / 1000).astimezone()
+    return f", due at {due.isoformat(timespec='seconds')}"
