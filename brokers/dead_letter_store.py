@@ -49,15 +49,6 @@ RECORDS, BY_TIME, QUEUE_OF, QUEUE = (
 logger = logging.getLogger("jobkit.dead_letters")
 #: The command that lists dead letters, named by errors about ids.
 LISTING = "jobkit dead-letters list"
-#: Every reason a dead letter can carry: middleware.outcomes (from retries_exhausted to
-#: skipped), brokers.decoding (undecodable, too_large, bad_signature),
-#: middleware.crash_loops (crash_loop) and middleware.rate_limits (rate_limited,
-#: limits_unavailable).
-REASONS = (
-    "retries_exhausted", "non_retryable", "time_limit", "age_limit", "rate_limited",
-    "unknown_actor", "undecodable", "too_large", "bad_signature", "crash_loop",
-    "limits_unavailable", "not_retried", "skipped",
-)  # fmt: skip
 
 # Removes ids from every index; ARGV: queue key prefix, ids...
 _REMOVE = """

@@ -18,13 +18,13 @@ import pytest
 from dramatiq import Broker, Message
 
 from brokers import queue_depths
-from brokers.dead_letter_store import REASONS, DeadLetterStore, dead_letter_store
+from brokers.dead_letter_store import DeadLetterStore, dead_letter_store
 from brokers.id_prefixes import AmbiguousId, UnknownId, match_pattern, resolve_id
 from jobkit import exit_codes, output
 from jobkit.cli import build_parser
 from jobkit.cli.environment import READS
 from jobkit.settings import Settings, env_names
-from middleware.dead_letters import message_as_sent, new_record
+from middleware.dead_letters import REASONS, message_as_sent, new_record
 from tests.conftest import EMBEDDED_URL, env_for, url_for
 from tests.support.processes import REPO, child_env, run_jobkit
 

@@ -11,7 +11,6 @@ from rich.markup import escape
 
 from brokers import check_broker
 from brokers.dead_letter_store import (
-    REASONS,
     DeadLetterError,
     DeadLetterStore,
     Filters,
@@ -22,6 +21,7 @@ from jobkit.arguments import duration_ms, id_prefix, moment_ms, name, whole
 from jobkit.errors import UsageError
 from jobkit.output import print_json, print_line, print_listing, stderr, stdout
 from jobkit.settings import current
+from middleware.dead_letters import REASONS
 from middleware.redaction import Redactor
 
 #: What ``list`` prints when nothing matches its filters, or there is none (``--json``: ``[]``).
