@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 from typing import Any
 
@@ -12,6 +11,7 @@ from jobkit.app import load_app
 from jobkit.errors import JobkitError
 from jobkit.output import print_json, stdout
 from middleware.priorities import parse_level
+from middleware.send_checks import check_arguments
 
 
 class BadJobError(JobkitError, ValueError):
@@ -66,11 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(kwargs, dict):
         raise BadJobError("--kwargs must be a JSON object, e.g. '{\"ms\": 10}'")
     positional = [parse_arg(text) for text in args.args]
-    signature = inspect.signature(actor.fn)
-    try:
-        signature.bind(*positional, **kwargs)
-    except TypeError as error:
-        raise BadJobError(f"wrong arguments for {actor.actor_name}{signature}: {error}") from None
+    check_arguments(actor, positional, kwargs)  # before connecting; send() checks it again
     options = {}
     if args.priority is not None:
         try:
