@@ -299,16 +299,16 @@ class SendChecks(Middleware):
             return  # declared in the workers only: they check it when it runs
         shape = self.shapes.of(actor)
         misfit = shape.misfit(args, kwargs)
-        where = f"{message.actor_name}.send(...): "  # a pipeline's steps are named after it
         if misfit is not None:
-            raise wrong_arguments(actor, shape, misfit, where)
+            raise wrong_arguments(actor, shape, misfit, f"{message.actor_name}.send(...): ")
         target = options.get("pipe_target")
         step, previous = 2, actor
         while isinstance(target, dict):
             following = broker.actors.get(str(target.get("actor_name")))
             if following is None:
                 return  # declared in the workers only
-            self._check_step(following, target, previous, f"{where}pipeline step {step}: ")
+            where = f"{message.actor_name}.send(...): pipeline step {step}: "
+            self._check_step(following, target, previous, where)
             previous, target = following, (target.get("options") or {}).get("pipe_target")
             step += 1
 
