@@ -52,18 +52,32 @@ def schedule(actor_name: str, default: str) -> dict[str, Any]:
     return {"periodic": cron(line)}
 
 
+# The actors return nothing: with no results backend a returned value is dropped, and
+# Dramatiq warns about it on every run. What they find is logged or written; the functions
+# below them return it, for callers in the same process (and tests).
+
+
 @dramatiq.actor(queue_name=QUEUE, max_retries=0, **schedule("snapshot_queue_depths", "* * * * *"))
-def snapshot_queue_depths() -> list[dict[str, Any]]:
+def snapshot_queue_depths() -> None:
     """Log the depth of every queue, so logs keep a history of backlogs."""
-    depths = [depth.as_dict() for depth in queue_depths(dramatiq.get_broker())]
+    log_queue_depths(dramatiq.get_broker())
+
+
+def log_queue_depths(broker: dramatiq.Broker) -> list[dict[str, Any]]:
+    """Log ``queues.snapshot`` with every queue's depth; returns the depths logged."""
+    depths = [depth.as_dict() for depth in queue_depths(broker)]
     events.info("queues.snapshot", queues=depths)
     return depths
 
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=3, **schedule("purge_old_dead_letters", "17 * * * *"))
-def purge_old_dead_letters() -> int:
+def purge_old_dead_letters() -> None:
     """Remove dead letters older than ``JOBKIT_DEAD_LETTER_TTL`` (``0`` keeps them)."""
-    broker = dramatiq.get_broker()
+    purge_expired_dead_letters(dramatiq.get_broker())
+
+
+def purge_expired_dead_letters(broker: dramatiq.Broker) -> int:
+    """Remove ``broker``'s dead letters past the retention, logging how many; returns that."""
     if not has_store(broker):
         logger.warning("dead-letter retention: this broker has no dead-letter store; nothing to do")
         return 0
@@ -79,9 +93,13 @@ def purge_old_dead_letters() -> int:
 
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=3, **schedule("daily_summary", "0 6 * * *"))
-def daily_summary(output_dir: str | None = None) -> str:
+def daily_summary(output_dir: str | None = None) -> None:
     """Write the last 24 h of dead letters and the queue depths to ``daily-<date>.json``."""
-    broker = dramatiq.get_broker()
+    write_daily_summary(dramatiq.get_broker(), output_dir)
+
+
+def write_daily_summary(broker: dramatiq.Broker, output_dir: str | None = None) -> Path:
+    """``daily_summary``'s work: writes the file (in ``output_dir`` or ``JOBKIT_REPORT_DIR``)."""
     now = datetime.now(UTC)
     since_ms = int(now.timestamp() * 1000) - 86_400_000
     by_queue: Counter[str] = Counter()
@@ -111,4 +129,4 @@ def daily_summary(output_dir: str | None = None) -> str:
         path,
         summary["dead_letters"]["total"],
     )
-    return str(path)
+    return path

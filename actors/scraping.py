@@ -402,10 +402,15 @@ def write_json_atomically(path: Path, data: Any) -> None:
     rate_limit=RATE_LIMIT,
     rate_limit_key=host_key,
 )
-def scrape_page(
-    url: str, output_path: str | None = None, timeout_s: float = 10.0
-) -> dict[str, Any]:
+def scrape_page(url: str, output_path: str | None = None, timeout_s: float = 10.0) -> None:
     """Fetch ``url``; write its title and links as JSON to ``output_path`` (or the default)."""
+    # The result is in the file: a returned value would be dropped (no results backend),
+    # with Dramatiq's warning on every run.
+    scrape(url, output_path, timeout_s)
+
+
+def scrape(url: str, output_path: str | None = None, timeout_s: float = 10.0) -> dict[str, Any]:
+    """``scrape_page``'s work: fetches, writes the JSON file, and returns what it wrote."""
     checked_url(url)
     agent, limit = user_agent(), max_bytes()
     with httpx.Client(

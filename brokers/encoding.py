@@ -5,7 +5,11 @@ send's CPU. orjson writes the same data (as UTF-8 where ``json`` escapes to
 ASCII; both parse to the same values). Whatever orjson would write differently,
 or accept where ``json`` refuses, goes through Dramatiq's encoder instead:
 NaN and infinities (orjson writes ``null``), subclasses of built-in types,
-dataclasses and datetimes, non-string keys, integers over 64 bits.
+dataclasses and datetimes, non-string keys, integers over 64 bits. A
+``uuid.UUID`` or a plain ``Enum``, which orjson writes (as a string, as its
+value) where ``json`` refuses, never gets here: ``middleware.send_checks``
+refuses at send whatever Dramatiq's encoder refuses, and every other enqueue
+(a retry, a replay) carries a message that was decoded from JSON.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from middleware.priorities import Priorities, PriorityConfig
 from middleware.rate_limits import RateLimits
 from middleware.redaction import Redactor
 from middleware.retries import Retries
+from middleware.send_checks import SendChecks
 from middleware.sentry import SentryAlerts
 
 from .liveness import keep_alive
@@ -37,8 +38,10 @@ def build_stack(settings: Settings | None = None) -> list[Middleware]:
     middleware gets its values through its constructor.
 
     ``Priorities`` comes first so every later ``before_enqueue`` sees the
-    message's validated level; then Dramatiq's defaults (AgeLimit, TimeLimit,
-    ShutdownNotifications, Callbacks, Pipelines, and Retries as ``middleware.retries``
+    message's validated level; then ``SendChecks``, so a job whose arguments
+    cannot be sent fails before anything else spends time on it; then
+    Dramatiq's defaults (AgeLimit, TimeLimit, ShutdownNotifications,
+    Callbacks, Pipelines, and Retries as ``middleware.retries``
     has it: a retry is never lost to a broker outage); then periodiq's
     middleware and ``PeriodicTicks``, so a stale or duplicate tick is skipped
     before anything else looks at it; ``CrashLoops``, so a job that keeps
@@ -58,6 +61,7 @@ def build_stack(settings: Settings | None = None) -> list[Middleware]:
     redactor = Redactor.from_settings(settings)
     return [
         Priorities(PriorityConfig.from_settings(settings)),
+        SendChecks(),
         *(
             Retries() if middleware_class is DramatiqRetries else middleware_class()
             for middleware_class in default_middleware

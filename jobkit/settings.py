@@ -424,7 +424,8 @@ class Settings(BaseSettings):
         _setting(100_000, "most dead letters kept; past it the oldest are dropped, with a "
         "WARNING; `0` is unbounded", group=DEAD))  # fmt: skip
     dead_letter_traceback: Annotated[int, _whole(1, "a number of characters >= 1")] = _setting(
-        8192, "characters of a failure's traceback kept (its end, where the error is)",
+        8192, "characters of a failure's traceback kept in its dead letter: a longer one "
+        "keeps its start and its end, where the error is, around `… [N characters cut] …`",
         group=DEAD)  # fmt: skip
     dead_letter_hook: Annotated[str, _check(_HOOK_PATH.match, HOOK_ACCEPTED)] = _setting(
         "", "`package.module:function` called with each dead letter (a dict) in the worker, "

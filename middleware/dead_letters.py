@@ -9,8 +9,12 @@ as ``undecodable`` and calls ``after_dead_letter`` too.
 
 Why a job was kept is one of :data:`REASONS`.
 
-Settings: ``JOBKIT_DEAD_LETTER_TRACEBACK`` (characters kept, the end of the
-traceback; default 8192), ``JOBKIT_DEAD_LETTER_HOOK`` (``module:function``
+Long text is kept bounded, its start and its end (``middleware.clipping``): the
+exception's message up to ``MAX_MESSAGE_CHARS``, the traceback up to
+``JOBKIT_DEAD_LETTER_TRACEBACK`` characters.
+
+Settings: ``JOBKIT_DEAD_LETTER_TRACEBACK`` (characters of the traceback kept;
+default 8192), ``JOBKIT_DEAD_LETTER_HOOK`` (``module:function``
 called with each record), ``JOBKIT_DEAD_LETTER_WEBHOOK`` (URL that gets each
 record, without arguments or raw bytes, as a JSON POST). The ERROR log event
 (``job.dead_lettered``) and the Sentry event come from JobLogging and SentryAlerts.
@@ -42,6 +46,7 @@ from jobkit.errors import BrokerConfigError
 from jobkit.settings import mask_url
 
 from . import outcomes
+from .clipping import clip
 from .dramatiq_seam import stuffed_exception
 from .hooks import JobkitMiddleware
 
@@ -49,6 +54,8 @@ TRACEBACK_ENV = "JOBKIT_DEAD_LETTER_TRACEBACK"
 HOOK_ENV = "JOBKIT_DEAD_LETTER_HOOK"
 WEBHOOK_ENV = "JOBKIT_DEAD_LETTER_WEBHOOK"
 DEFAULT_TRACEBACK_CHARS = 8192
+#: Characters of an exception's message kept (its start and its end).
+MAX_MESSAGE_CHARS = 2000
 #: Bytes of a message that was not one kept in its dead letter (an oversized one may be huge).
 MAX_RAW_KEPT = 64 * 1024
 #: Record fields a webhook does not get: arguments and raw bytes may hold secrets.
@@ -135,12 +142,6 @@ def new_record(
     }
 
 
-def _tail(text: str | None, limit: int) -> str | None:
-    if text is None or len(text) <= limit:
-        return text
-    return "…" + text[-limit:]
-
-
 def describe_failure(
     broker: Broker,
     message: Message | MessageProxy,
@@ -160,8 +161,8 @@ def describe_failure(
         reason=outcomes.dead_letter_reason(broker, message, exception),
         actor=message.actor_name,
         exc_type=type(exception).__name__ if exception is not None else None,
-        exc_message=_tail(str(exception), 2000) if exception is not None else None,
-        traceback=_tail(formatted, traceback_chars),
+        exc_message=clip(str(exception), MAX_MESSAGE_CHARS) if exception is not None else None,
+        traceback=clip(formatted, traceback_chars) if formatted is not None else None,
         attempts=outcomes.attempts(broker, message, exception),
         enqueued_at=iso_ms(int(message.message_timestamp)),
         host=HOST,
@@ -180,7 +181,7 @@ def describe_undecodable(queue_name: str, raw: bytes, error: Exception) -> dict[
         raw_bytes=len(raw),
         actor=None,
         exc_type=type(error).__name__,
-        exc_message=str(error),
+        exc_message=clip(str(error), MAX_MESSAGE_CHARS),
         traceback=None,
         attempts=0,
         enqueued_at=None,

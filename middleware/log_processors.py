@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict
 
+from .clipping import clip
 from .deliveries import Attempt
 from .job_lines import dumps, utc_timestamp
 from .redaction import escape_control
@@ -67,7 +68,7 @@ def cap_fields(escape: bool):  # noqa: ANN202
         for key, value in event.items():
             if isinstance(value, str):
                 if len(value) > MAX_FIELD:
-                    value = value[:MAX_FIELD] + "…"
+                    value = clip(value, MAX_FIELD)
                 # JSON escapes control characters itself; console output must not
                 # let a value start a new line.
                 event[key] = escape_control(value) if escape else value
@@ -79,7 +80,7 @@ def cap_fields(escape: bool):  # noqa: ANN202
 def cap_exception(logger: Any, name: str, event: EventDict) -> EventDict:
     exception = event.get("exception")
     if isinstance(exception, str) and len(exception) > MAX_FIELD:
-        event["exception"] = exception[:MAX_FIELD] + "…"
+        event["exception"] = clip(exception, MAX_FIELD)  # its end says where it failed
     return event
 
 

@@ -1,5 +1,8 @@
 """Checks each message as it is sent: JSON encoding, size, and (with a key) its signature.
 
+(What a job's arguments may be, and that they fit its actor, ``SendChecks``
+checks first: ``middleware.send_checks``.)
+
 - **JSON only.** Dramatiq can be switched to ``PickleEncoder``; unpickling runs
   whatever code the bytes ask for, so anyone who can write to the queue could
   run code on every worker. jobkit refuses to send with another encoder.
@@ -25,6 +28,7 @@ from dramatiq.middleware import MiddlewareError
 from jobkit.errors import BrokerConfigError, JobkitError
 from jobkit.settings import Settings
 
+from .send_checks import not_json_error
 from .signing import SIGNATURE, Signer
 
 MAX_BYTES_ENV = "JOBKIT_MAX_MESSAGE_BYTES"
@@ -89,7 +93,13 @@ class MessageGuard(Middleware):
             message.options[SIGNATURE] = signer.sign(fields)
         limit = self.rules.max_bytes
         if limit:
-            size = _encoded_size(encoder, fields, limit)
+            try:
+                size = _encoded_size(encoder, fields, limit)
+            except (TypeError, ValueError, RecursionError):
+                # SendChecks refuses this for a send; this is the last word for any other
+                # enqueue, as one line rather than Dramatiq's CRITICAL traceback.
+                actor = broker.actors.get(message.actor_name)
+                raise not_json_error(message, actor.fn if actor is not None else None) from None
             if size > limit:
                 raise MessageTooLarge(
                     f"job {message.actor_name} to queue {message.queue_name!r} is {size:,} bytes, "

@@ -10,6 +10,8 @@ from typing import Any
 
 from jobkit.settings import DEFAULT_REDACT, Settings
 
+from .clipping import clip
+
 DEFAULT_MAX_VALUE = 200
 REDACTED = "[redacted]"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
@@ -42,9 +44,9 @@ class Redactor:
         return any(secret in lowered for secret in self.names)
 
     def value(self, value: Any) -> Any:
-        """A loggable copy of ``value``: strings cut to ``max_value``; containers walked."""
+        """A loggable copy of ``value``: strings clipped to ``max_value``; containers walked."""
         if isinstance(value, str):
-            return value if len(value) <= self.max_value else value[: self.max_value] + "…"
+            return clip(value, self.max_value)
         if isinstance(value, dict):
             return {
                 str(k): REDACTED if self.is_secret(str(k)) else self.value(v)

@@ -23,6 +23,7 @@ from brokers.id_prefixes import AmbiguousId, UnknownId, match_pattern, resolve_i
 from jobkit import exit_codes, output
 from jobkit.cli import build_parser
 from jobkit.cli.environment import READS
+from jobkit.output import SHORT_ID
 from jobkit.settings import Settings, env_names
 from middleware.dead_letters import REASONS, message_as_sent, new_record
 from tests.conftest import EMBEDDED_URL, env_for, url_for
@@ -261,6 +262,39 @@ def test_a_table_shows_ids_whole_at_120_columns(real_broker: Broker, real_broker
     assert max(len(line) for line in result.stdout.splitlines()) <= 120, result.stdout
     for dead_letter_id in (ID_1, ID_2, ID_3):
         assert dead_letter_id in result.stdout, result.stdout
+
+
+def test_at_80_columns_ids_shrink_to_prefixes_that_commands_take(
+    real_broker: Broker, real_broker_kind: str
+) -> None:
+    store = dead_letter_store(real_broker)
+    for dead_letter_id in (ID_1, ID_2, ID_3):
+        add_dead_letter(store, dead_letter_id, exc_message="a long explanation " * 5)
+    env = child_env(url_for(real_broker_kind), **env_for(real_broker_kind), COLUMNS="80")
+    listed = run_jobkit("dead-letters", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert max(len(line) for line in listed.stdout.splitlines()) <= 80, listed.stdout
+    lines = listed.stdout.splitlines()[3:]  # after the title, the header and the rule
+    # A row's first line starts with its id; the lines a long error wraps onto do not.
+    shown_ids = [line.split()[0] for line in lines if line[:2].strip()]
+    assert len(shown_ids) == 3, listed.stdout
+    for shown in shown_ids:
+        assert len(shown) == SHORT_ID and "…" not in shown
+        result = run_jobkit("dead-letters", "show", shown, "--json", env=env)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["id"].startswith(shown)
+
+
+def test_at_80_columns_no_count_or_header_of_queues_is_cut(
+    real_broker: Broker, real_broker_kind: str
+) -> None:
+    env = child_env(url_for(real_broker_kind), **env_for(real_broker_kind), COLUMNS="80")
+    result = run_jobkit("queues", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "…" not in result.stdout, result.stdout
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80, result.stdout
+    for column in ("ready", "critical", "low", "delayed", "dead-lettered"):
+        assert column in result.stdout
 
 
 def test_an_empty_listing_is_one_line_or_an_empty_json_array(

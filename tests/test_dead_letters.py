@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -153,6 +154,22 @@ def cli_env(kind: str) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- on every real broker
+
+
+def test_a_long_error_keeps_its_start_and_its_end(real_broker: Broker) -> None:
+    def parse(n: int) -> None:
+        raise ValueError("could not parse row " + "x" * 900_000 + f" at line {n}")
+
+    dramatiq.actor(parse, broker=real_broker, queue_name=QUEUE, max_retries=0).send(3)
+    store = dead_letter_store(real_broker)
+    with worker(real_broker, queues={QUEUE}):
+        assert wait_until(lambda: store.count() == 1, 30)
+    (record,) = store.list()
+    message, trace = record["exc_message"], record["traceback"]
+    assert message.startswith("could not parse row xxx") and message.endswith("xxx at line 3")
+    assert re.search(r" … \[[\d,]+ characters cut\] … ", message) and len(message) <= 2000
+    assert trace.startswith("Traceback (most recent call last):") and "in parse" in trace
+    assert trace.rstrip().endswith("xxx at line 3") and len(trace) <= 8192
 
 
 def test_a_job_that_keeps_failing_is_one_dead_letter_then_replays_once(

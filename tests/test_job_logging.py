@@ -50,7 +50,11 @@ def test_secrets_are_redacted_by_argument_name_positional_or_keyword() -> None:
 
 
 def test_long_values_are_cut_and_control_characters_escaped() -> None:
-    assert Redactor(max_value=5).value("abcdefghij") == "abcde…"
+    assert Redactor(max_value=5).value("abcdefghij") == "abcd…"  # at most max_value
+    error = "could not parse " + "x" * 10_000 + " at line 3"
+    logged = Redactor(max_value=200).value(error)
+    assert logged.startswith("could not parse x") and logged.endswith("x at line 3")
+    assert "characters cut]" in logged and len(logged) <= 200
     assert escape_control("a\nb\rc\x1b[31m") == "a\\x0ab\\x0dc\\x1b[31m"
 
 

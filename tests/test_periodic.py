@@ -17,10 +17,10 @@ from periodiq import Scheduler, cron
 
 from actors.periodic import (
     QUEUE,
-    daily_summary,
-    purge_old_dead_letters,
+    log_queue_depths,
+    purge_expired_dead_letters,
     schedule,
-    snapshot_queue_depths,
+    write_daily_summary,
 )
 from brokers import queue_depths
 from brokers.dead_letter_store import dead_letter_store
@@ -189,7 +189,7 @@ def test_the_daily_summary_counts_the_last_days_dead_letters(
             new_record(queue=queue, reason=reason, dead_letter_id=f"dl-{index}", actor="job")
             | {"failed_at_ms": failed_at_ms}
         )
-    path = Path(daily_summary.fn(str(tmp_path)))
+    path = write_daily_summary(system_broker, str(tmp_path))
     assert path.name == f"daily-{datetime.now(UTC):%Y-%m-%d}.json"
     summary = json.loads(path.read_text())
     assert summary["dead_letters"] == {
@@ -212,7 +212,7 @@ def test_retention_removes_only_old_dead_letters(
     for index, age_min in enumerate([5, 90, 180]):
         record = new_record(queue="jobkit-test", reason="x", dead_letter_id=f"dl-{index}")
         untrimmed.add(record | {"failed_at_ms": now_ms - age_min * 60_000})
-    assert purge_old_dead_letters.fn() == 2
+    assert purge_expired_dead_letters(system_broker) == 2
     assert [r["id"] for r in store.list()] == ["dl-0"]
 
 
@@ -221,5 +221,5 @@ def test_the_queue_snapshot_lists_every_queue(system_broker: Broker) -> None:
     system_broker.enqueue(
         dramatiq.Message(queue_name="jobkit-test", actor_name="job", args=(), kwargs={}, options={})
     )
-    depths = {d["queue"]: d for d in snapshot_queue_depths.fn()}
+    depths = {d["queue"]: d for d in log_queue_depths(system_broker)}
     assert depths["jobkit-test"]["ready"] == 1

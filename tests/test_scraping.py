@@ -30,6 +30,7 @@ from actors.scraping import (
     extract,
     host_key,
     resolve_links,
+    scrape,
     scrape_page,
     write_json_atomically,
 )
@@ -242,7 +243,7 @@ def test_redirects_are_followed_and_links_resolve_against_the_final_url(
 ) -> None:
     site.routes["/old"] = Reply(301, headers={"Location": "/new/"}, content_type=None)
     site.routes["/new/"] = page("Moved", "child")
-    result = scrape_page.fn(site.url("/old"), str(tmp_path / "r.json"), timeout_s=5)
+    result = scrape(site.url("/old"), str(tmp_path / "r.json"), timeout_s=5)
     assert result["final_url"] == site.url("/new/") and result["url"] == site.url("/old")
     assert result["links"] == [site.url("/new/child")]
     assert read(tmp_path / "r.json") == result
@@ -342,7 +343,7 @@ def test_results_go_to_the_scrape_dir_by_default_decoded_with_the_charset(
         content_type="application/xhtml+xml; charset=ISO-8859-1",
     )
     url = site.url("/")
-    result = scrape_page.fn(url, timeout_s=5)
+    result = scrape(url, timeout_s=5)
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
     assert read(tmp_path / ".jobkit" / "scraped" / f"{digest}.json") == result
     assert result["title"] == "Crème brûlée" and result["bytes"] == 27

@@ -164,7 +164,7 @@ def run_list(args: argparse.Namespace) -> int:
             _error_text(r),
         ),
         empty=NONE if filters == Filters() else NONE_MATCH,
-        whole=("id",),
+        ids=("id",),
     )
     return 0
 

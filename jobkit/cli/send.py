@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 from datetime import datetime
 from typing import Any
@@ -16,6 +15,7 @@ from jobkit.arguments import DURATION_ACCEPTED, checked, duration_ms, json_objec
 from jobkit.errors import JobkitError
 from jobkit.output import print_json, print_line
 from middleware.priorities import LEVELS, parse_level
+from middleware.send_checks import check_arguments
 
 
 class BadJobError(JobkitError, ValueError):
@@ -76,11 +76,7 @@ def run(args: argparse.Namespace) -> int:
         raise BadJobError(f"no actor named {args.actor!r}; known actors: {known}") from None
     kwargs = args.kwargs
     positional = [parse_arg(text) for text in args.args]
-    signature = inspect.signature(actor.fn)
-    try:
-        signature.bind(*positional, **kwargs)
-    except TypeError as error:
-        raise BadJobError(f"wrong arguments for {actor.actor_name}{signature}: {error}") from None
+    check_arguments(actor, positional, kwargs)  # before connecting; send() checks it again
     options = {} if args.priority is None else {"priority": args.priority}
     check_broker(broker)
     message = actor.send_with_options(
