@@ -134,8 +134,8 @@ def filters_from(args: argparse.Namespace) -> Filters:
     )
 
 
-def _store(app: str | None) -> DeadLetterStore:
-    broker = load_app(app)
+def _store(app: str | None, *, attach_only: bool = False) -> DeadLetterStore:
+    broker = load_app(app, attach_only=attach_only)
     check_broker(broker)
     return dead_letter_store(broker)
 
@@ -157,7 +157,7 @@ def _error_text(record: dict[str, Any], width: int = 70) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    records = _store(args.app).list(filters_from(args), limit=args.limit)
+    records = _store(args.app, attach_only=True).list(filters_from(args), limit=args.limit)
     if args.json:
         print_json(records)
         return 0
@@ -181,7 +181,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    record = _store(args.app).get(args.id)
+    record = _store(args.app, attach_only=True).get(args.id)
     if record is None:
         raise DeadLetterError(f"no dead letter {args.id!r} (jobkit dead-letters list shows ids)")
     if args.json:
