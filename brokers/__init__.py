@@ -30,7 +30,7 @@ from middleware.sentry import init_sentry
 from .bulk import BulkSendError, send_many
 from .dead_letter_store import use_dead_letter_store
 from .depths import queue_depths
-from .liveness import check_broker, keep_alive
+from .liveness import RefusedAtBoot, check_broker, keep_alive
 from .queue_depth import QueueDepth
 from .stack import build_stack
 from .state import state_client
@@ -85,6 +85,8 @@ def build_broker(
     rules = MessageRules.from_settings(settings)
     priority_config = PriorityConfig.from_settings(settings)
     broker = build_transport(spec, build_stack(settings), priority_config, settings)
+    # Last, and harmless elsewhere: only a dramatiq CLI worker process acts on it.
+    broker.add_middleware(RefusedAtBoot())
     broker.message_rules = rules  # type: ignore[attr-defined]  # read by jobkit's consumers
     use_state(broker, settings)
     return broker

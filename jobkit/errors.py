@@ -21,6 +21,10 @@ class BrokerUnavailable(JobkitError, ConnectionError):
     """The configured broker did not answer, or refused our credentials."""
 
 
+class BrokerRefused(BrokerUnavailable):
+    """The broker answered but refused our credentials or access: retrying cannot help."""
+
+
 class EmbeddedServerError(JobkitError, RuntimeError):
     """The embedded Valkey server could not be started, reached or stopped."""
 

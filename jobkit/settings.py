@@ -15,6 +15,7 @@ A leaf: it imports nothing of the project but ``jobkit.errors``.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import math
 import os
@@ -189,21 +190,137 @@ def _is_mailbox(text: str) -> bool:
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$")
 _HOOK_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
+# ---------------------------------------------------------------- URLs
+# A URL in an error is shown as the user typed it, only its password masked, and with the
+# URL they most likely meant when the scheme is missing or misspelt.
 
-def _split_url(text: str, schemes: tuple[str, ...], wrong_scheme: str) -> SplitResult:
-    """``text`` split, with a scheme in ``schemes``, a host and a valid port (or a unix path)."""
+_QUERY_SECRET = re.compile(r"(?i)((?:password|passwd|pass|secret|token)=)[^&#]*")
+
+
+def _userinfo_end(scheme: str, rest: str) -> int:
+    """The index of the ``@`` that ends the userinfo of ``rest`` (a URL after ``scheme://``).
+
+    -1 if it has none. A client's parser ends the authority at the first ``/``, ``?`` or
+    ``#``; a password holding one of them unencoded ends it early and leaves its tail and
+    the ``@`` further on, where a host never has one. So an ``@`` after the authority ends
+    a userinfo too when the authority ends at ``?`` or ``#``, or holds a ``:`` that starts
+    no port number, or when the URL is no web address (on the web, ``/@name`` paths are
+    common; in a Redis or AMQP URL, never). Masking more is the safe side.
+    """
+    authority = re.split(r"[/?#]", rest)[0]
+    if "@" in authority:
+        return authority.rindex("@")
+    path = re.split(r"[?#]", rest)[0]
+    if rest[len(authority) : len(authority) + 1] in ("?", "#"):
+        return rest.rfind("@")
+    port = authority.rpartition(":")[2]
+    not_a_port = ":" in authority and not authority.startswith("[") and not port.isdigit()
+    if "@" in path and (not_a_port or scheme.lower() not in ("http", "https")):
+        return path.rindex("@")
+    return -1
+
+
+def mask_url(url: str) -> str:
+    """``url`` exactly as given, but any password replaced by ``***``.
+
+    A password is the userinfo's part after ``:`` (all of a userinfo without ``:``, e.g. a
+    token or a Sentry key) and the value of ``password=``, ``secret=``, ``token=`` and the
+    like in the query string. Also for text that is not quite a URL (``user:pw@host``).
+    """
+    start = url.find("://") + 3 if "://" in url else 0
+    head, rest = url[:start], url[start:]
+    end = _userinfo_end(head.removesuffix("://"), rest)
+    if end >= 0:
+        user, colon, _ = rest[:end].partition(":")
+        rest = (f"{user}:***" if colon else "***") + rest[end:]
+    before, question, query = rest.partition("?")
+    return head + before + question + _QUERY_SECRET.sub(r"\1***", query)
+
+
+#: Names people write for a scheme jobkit knows by another.
+_SCHEME_ALIASES = {"rabbitmq": "amqp", "rabbit": "amqp", "valkey": "redis", "valkeys": "rediss"}
+_LEADING_WORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)(:?/*)(.*)", re.S)
+_HOST_PORT = re.compile(r"(?:[^/?#@\s]*@)?(?:\[[^\]\s]*\]|[^/?#@:\[\]\s]+)(?::(\d+))?(?:[/?#]\S*)?")
+_HOST_LIKE = re.compile(r"(?:[\w-]+\.[\w.-]+|localhost|\[[^\]]*\])(?::\d+)?|[\w-]+:\d+")
+
+
+def _known_scheme(word: str, schemes: tuple[str, ...]) -> str | None:
+    """The scheme of ``schemes`` that ``word`` names or misspells, if one is close enough."""
+    word = word.lower()
+    if word in schemes:
+        return word
+    if _SCHEME_ALIASES.get(word) in schemes:
+        return _SCHEME_ALIASES[word]
+    close = difflib.get_close_matches(word, schemes, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def _likely_url(
+    text: str, schemes: tuple[str, ...], by_port: Callable[[str | None], str]
+) -> str | None:
+    """The URL ``text`` most likely meant, with a scheme in ``schemes``; None if unsure.
+
+    A misspelt scheme (``reddis://``), a broken ``://`` (``redis//h``, ``redis:/h``), or no
+    scheme at all (``localhost:6379``: ``by_port`` picks the scheme from the port).
+    """
+    if "://" in text:
+        typed, rest = text.split("://", 1)
+        scheme = _known_scheme(typed, schemes)
+        return f"{scheme}://{rest}" if scheme and scheme != typed.lower() else None
+    word = _LEADING_WORD.fullmatch(text)
+    if word is not None:
+        name, separator, rest = word.groups()
+        scheme = _known_scheme(name, schemes)
+        # "redis:6379" is the host named redis (docker compose), not a scheme.
+        is_port = separator == ":" and re.match(r"\d+(?:[/?#]|$)", rest) is not None
+        if scheme and separator and rest and not is_port:
+            if scheme == "embedded":  # the rest is a directory: keep its leading "/"
+                tail = (separator + rest).removeprefix(":")
+                return f"embedded://{tail.removeprefix('//')}"
+            return f"{scheme}://{rest}"
+    if text.startswith("/"):
+        if text.endswith(".sock") and "unix" in schemes:
+            return f"unix://{text}"
+        return f"embedded://{text}" if "embedded" in schemes else None
+    host = _HOST_PORT.fullmatch(text)
+    return f"{by_port(host.group(1))}://{text}" if host is not None else None
+
+
+def _split_url(
+    text: str,
+    schemes: tuple[str, ...],
+    problem: str,
+    accepted: str,
+    by_port: Callable[[str | None], str],
+) -> SplitResult:
+    """``text`` split, with a scheme in ``schemes``, a host and a valid port (or a unix path).
+
+    Else ValueError: ``problem`` (or "no scheme"), the URL ``text`` most likely meant
+    (masked: the caller shows the message as it is), and ``accepted``.
+    """
     scheme = text.partition("://")[0].lower() if "://" in text else ""
     if scheme not in schemes:
-        raise ValueError(wrong_scheme)
+        problem = problem if scheme or "://" in text else "no scheme"
+        likely = _likely_url(text, schemes, by_port)
+        if likely is None:
+            raise ValueError(f"{problem}; {accepted}")
+        raise ValueError(f"{problem}; did you mean {mask_url(likely)!r}? ({accepted})")
     try:
         parts = urlsplit(text)
     except ValueError:  # e.g. an unclosed [IPv6 address
-        raise ValueError(wrong_scheme) from None
+        raise ValueError(
+            "invalid host; write a name, an IPv4 address or an IPv6 address in [brackets]"
+        ) from None
     if scheme == "unix":
         if not parts.path:
             raise ValueError("no socket path; write it as unix:///absolute/path/to/redis.sock")
         return parts
     if not parts.hostname:
+        # "redis:///127.0.0.1:6379": one slash too many puts the host in the path.
+        first = parts.path.lstrip("/").split("/")[0]
+        if _HOST_LIKE.fullmatch(first):
+            likely = f"{text.split('://', 1)[0]}://{text.split('://', 1)[1].lstrip('/')}"
+            raise ValueError(f"no host; did you mean {mask_url(likely)!r}?")
         raise ValueError(f"no host; write it as {scheme}://host:port/...")
     try:
         parts.port  # noqa: B018 - raises ValueError on a bad port
@@ -219,8 +336,10 @@ def _check_redis_db(parts: SplitResult) -> None:
 
 
 BROKER_ACCEPTED = (
-    "redis://, rediss://, unix://, amqp://, amqps://, embedded:// (or unset for embedded)"
+    "redis://, rediss://, unix://, amqp://, amqps://, embedded://, or unset for embedded"
 )
+_BROKER_SCHEMES = ("redis", "rediss", "unix", "amqp", "amqps", "embedded")
+_AMQP_PORTS = {"5672": "amqp", "5671": "amqps"}
 
 
 def check_broker_url(text: str) -> str:
@@ -228,23 +347,29 @@ def check_broker_url(text: str) -> str:
 
     ``brokers.urls.parse_broker_url`` applies the same check to a URL given in code.
     """
-    schemes = ("redis", "rediss", "unix", "amqp", "amqps", "embedded")
-    wrong = f"unsupported scheme; use one of {BROKER_ACCEPTED}"
     if text.partition("://")[0].lower() == "embedded" and "://" in text:
         return text  # the rest is the server's directory
-    _check_redis_db(_split_url(text, schemes, wrong))
+    parts = _split_url(
+        text,
+        _BROKER_SCHEMES,
+        "unsupported scheme",
+        f"use one of {BROKER_ACCEPTED}",
+        lambda port: _AMQP_PORTS.get(port or "", "redis"),
+    )
+    _check_redis_db(parts)
     return text
 
 
 def _state_url(text: str) -> str:
-    wrong = "not a Redis URL; use redis://, rediss:// or unix://"
-    _check_redis_db(_split_url(text, ("redis", "rediss", "unix"), wrong))
+    schemes = ("redis", "rediss", "unix")
+    accepted = "use redis://, rediss:// or unix://"
+    _check_redis_db(_split_url(text, schemes, "not a Redis URL", accepted, lambda _: "redis"))
     return text
 
 
-def _http_url(accepted: str) -> BeforeValidator:
+def _http_url(problem: str, accepted: str) -> BeforeValidator:
     def parse(text: str) -> str:
-        _split_url(text, ("http", "https"), accepted)
+        _split_url(text, ("http", "https"), problem, accepted, lambda _: "https")
         return text
 
     return _parser(parse)
@@ -252,7 +377,13 @@ def _http_url(accepted: str) -> BeforeValidator:
 
 def _smtp_url(text: str) -> str:
     accepted = "write smtp://[user:password@]host[:port] or smtps://..."
-    parts = _split_url(text, ("smtp", "smtps"), accepted)
+    parts = _split_url(
+        text,
+        ("smtp", "smtps"),
+        "not an SMTP URL",
+        accepted,
+        lambda port: "smtps" if port == "465" else "smtp",
+    )
     query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
     if query.get("starttls", "auto") not in ("auto", "require", "off"):
         raise ValueError("starttls must be auto, require or off")
@@ -346,6 +477,8 @@ HOOK_ACCEPTED = "write module:function, e.g. myapp.alerts:on_dead_letter"
 MEMORY_ACCEPTED = "must be a positive percentage up to 100, e.g. 90"
 MAILBOX_ACCEPTED = "one address, e.g. jobkit@example.com or Jobkit <jobkit@example.com>"
 AGENT_ACCEPTED = "printable text on one line, e.g. acme-bot/2"
+WEBHOOK_ACCEPTED = ("not an http(s) URL", "write http(s)://host/path")
+DSN_ACCEPTED = ("not a Sentry DSN", "write https://<key>@<host>/<project>")
 
 Flag = Annotated[bool, _parser(_flag)]
 Rate = Annotated[str, _check(_is_rate, "write N/s, N/m or N/h with N > 0, e.g. '20/s'")]
@@ -430,7 +563,7 @@ class Settings(BaseSettings):
     dead_letter_hook: Annotated[str, _check(_HOOK_PATH.match, HOOK_ACCEPTED)] = _setting(
         "", "`package.module:function` called with each dead letter (a dict) in the worker, "
         "after it is stored", group=DEAD)  # fmt: skip
-    dead_letter_webhook: Annotated[str, _http_url("write http(s)://host/path")] = _setting(
+    dead_letter_webhook: Annotated[str, _http_url(*WEBHOOK_ACCEPTED)] = _setting(
         "", "URL that gets each dead letter as a JSON POST (without the message's arguments "
         "or raw bytes), from a background thread, 5 s timeout, one attempt",
         group=DEAD, secret="url")  # fmt: skip
@@ -474,7 +607,7 @@ class Settings(BaseSettings):
     log_max_value: Annotated[int, _whole(0, "a number of characters >= 0")] = _setting(
         200, "longest argument value logged, in characters", group=LOGS)  # fmt: skip
 
-    sentry_dsn: Annotated[str, _http_url("a Sentry DSN: https://<key>@<host>/<project>")] = (
+    sentry_dsn: Annotated[str, _http_url(*DSN_ACCEPTED)] = (
         _setting("", "sentry-sdk's own variable (no `JOBKIT_` prefix): report jobs that fail "
         "for good to Sentry. See [Sentry](middleware/sentry.md)",
         group=SENTRY, shown="unset (off)", secret="url", env=("SENTRY_DSN",)))  # fmt: skip
@@ -603,32 +736,10 @@ class _EnvironSource(PydanticBaseSettingsSource):
         return values
 
 
-def mask_url(url: str) -> str:
-    """``url`` with any password (in userinfo or query string) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return re.sub(r"//[^/@]*@", "//***@", url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostinfo = netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{hostinfo}" if ":" in userinfo else f"***@{hostinfo}"
-        if not user:
-            netloc = f":***@{hostinfo}"
-    query = re.sub(r"(?i)(password|passwd|pass|secret|token)=[^&]*", r"\1=***", parts.query)
-    text = f"{parts.scheme}://{netloc}{parts.path}"  # not urlunsplit: it drops unix:///'s "//"
-    if query:
-        text += f"?{query}"
-    if parts.fragment:
-        text += f"#{parts.fragment}"
-    return text
-
-
 def _shown(text: str, secret: str | None) -> str:
     """``text`` as an error may show it: keys hidden, URLs without their password."""
-    if secret == "key" or (secret == "url" and "://" not in text):
-        return "***"  # not a URL, so nothing tells where a password would be
+    if secret == "key":
+        return "***"
     return mask_url(text) if secret == "url" else text
 
 

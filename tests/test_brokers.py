@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
+import subprocess
 import threading
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import dramatiq
 import pytest
@@ -14,12 +18,20 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
 from brokers import BrokerUnavailable, build_broker, check_broker, spec_of
+from brokers.liveness import RefusedAtBoot
 from brokers.rabbitmq.amqp_priority import AmqpPriority
 from brokers.redis.checks import RedisSettingsCheck, unsafe_settings
 from brokers.redis.upkeep import DeadWorkerSweep
 from brokers.stack import build_stack
-from tests.conftest import RABBITMQ_URL, make_broker, url_for
-from tests.support.processes import wait_until, worker
+from tests.conftest import RABBITMQ_URL, env_for, make_broker, url_for
+from tests.support.processes import (
+    child_env,
+    read_lines,
+    start_dramatiq,
+    stop_group,
+    wait_until,
+    worker,
+)
 
 
 def test_every_broker_gets_the_full_middleware_stack(broker: Broker) -> None:
@@ -29,6 +41,8 @@ def test_every_broker_gets_the_full_middleware_stack(broker: Broker) -> None:
     if isinstance(broker, RedisBroker):
         # Gives a dead worker's jobs back; warns about settings that can lose jobs.
         expected += [DeadWorkerSweep, RedisSettingsCheck]
+    if not isinstance(broker, StubBroker):  # build_broker adds it: a worker stops if refused
+        expected.append(RefusedAtBoot)
     assert [type(m) for m in broker.middleware] == expected
     # Options of Dramatiq's default middleware are accepted at declaration.
     assert {"max_retries", "time_limit", "max_age", "retry_when"} <= broker.actor_options
@@ -178,3 +192,44 @@ def test_redis_settings_that_can_lose_jobs_are_named(
         client.config_set("maxmemory-policy", saved)
         broker.close()
     assert not any("maxmemory" in p for p in unsafe_settings(client))
+
+
+def with_a_wrong_password(url: str) -> str:
+    """``url`` with a password the server refuses (and a user, which Redis needs to refuse)."""
+    parts = urlsplit(url)
+    user = (parts.username or "") if parts.scheme.startswith("amqp") else "jobkit-nobody"
+    return urlunsplit(parts._replace(netloc=f"{user}:wrong-pw-123@{parts.hostname}:{parts.port}"))
+
+
+def test_stock_dramatiq_stops_at_boot_in_one_line_per_process_when_refused(
+    system_broker_kind: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "workers.log"
+    url = with_a_wrong_password(url_for(system_broker_kind))
+    env = child_env(url, **env_for(system_broker_kind))
+    group = start_dramatiq("tests.support.logged_worker", "-p", "2", "-t", "2", env=env, log=log)
+    try:
+        code = group.wait(timeout=60)  # generous: it takes about a second
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        stop_group(group)
+    lines = read_lines(log)
+    assert code == 3, f"exit code {code}; {len(lines)} lines, the last: {lines[-5:]}"
+    refused = [line for line in lines if "refused the credentials" in line]
+    # One per worker process; Dramatiq's main process may stop reading its workers' logs
+    # before the second one's arrives.
+    assert 1 <= len(refused) <= 2, lines
+    for line in refused:
+        assert '"level":"critical"' in line and "check the user and password" in line
+        assert "JOBKIT_BROKER_URL" in line and "wrong-pw-123" not in line
+    # Besides them, a few of Dramatiq's own: "booting up", "Stopping worker process...", and
+    # its CRITICAL "exited unexpectedly"; no other error, no traceback, nothing from pika.
+    assert len(lines) <= 8, lines
+    errors = [
+        line
+        for line in lines
+        if re.search(r'"level":"(error|critical)"|\[(ERROR|CRITICAL)\]', line)
+    ]
+    assert all(line in refused or "exited unexpectedly (code 3)" in line for line in errors)
+    assert "Traceback" not in "\n".join(lines) and "pika" not in "\n".join(lines)

@@ -15,6 +15,7 @@ from tests.support.processes import (
     REPO,
     child_env,
     read_lines,
+    run_jobkit,
     start_dramatiq,
     stop_group,
     valkey_servers_for,
@@ -92,6 +93,56 @@ def test_an_unusable_home_gives_one_clear_line() -> None:
         embedded.ensure_server(Path("/dev/null/jobkit"))
     assert "JOBKIT_HOME" in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+#: The commands that only look: they use a running server and start none.
+INSPECTING = [
+    ["queues"],
+    ["dead-letters", "list"],
+    ["dead-letters", "show", "no-such-id"],
+    ["stats", "--url", "http://127.0.0.1:1/metrics", "--interval", "0.1"],
+]
+
+
+@pytest.mark.parametrize("command", INSPECTING, ids=" ".join)
+def test_an_inspecting_command_creates_no_home_and_starts_no_server(
+    home: Path, command: list[str]
+) -> None:
+    target = home / "missing" / "x"
+    result = run_jobkit(*command, env=child_env(f"embedded://{target}"))
+    assert result.returncode == 1, result.stdout
+    assert result.stderr.startswith("jobkit: error: ") and result.stderr.count("\n") == 1
+    if command[0] != "stats":  # it reads the workers' metrics, never the broker
+        assert f"no embedded broker has run under {target}" in result.stderr
+        assert "`jobkit worker`" in result.stderr
+    assert not (home / "missing").exists()
+    assert valkey_servers_for(target) == []
+
+
+def test_after_a_stop_inspecting_commands_leave_the_server_stopped(home: Path) -> None:
+    env = child_env(f"embedded://{home}")
+    embedded.ensure_server(home)
+    attached = run_jobkit("queues", "--json", env=env)
+    assert attached.returncode == 0, attached.stderr  # a running server is used
+    assert embedded.stop(home)
+    for command in INSPECTING[:3]:
+        result = run_jobkit(*command, env=env)
+        assert result.returncode == 1
+        assert result.stderr == (
+            f"jobkit: error: the embedded broker under {home} is not running; start it with "
+            "`jobkit worker` (it keeps running after the worker stops, until "
+            "`jobkit embedded stop`)\n"
+        )
+        assert valkey_servers_for(home) == []
+        assert embedded.status(home)["running"] is False
+
+
+def test_outside_attach_only_a_stopped_server_is_started_again(home: Path) -> None:
+    embedded.ensure_server(home)
+    embedded.stop(home)
+    with embedded.attach_only(), pytest.raises(EmbeddedServerError, match="not running"):
+        embedded.ensure_server(home)
+    assert embedded.ensure_server(home) and embedded.status(home)["running"] is True
 
 
 CONCURRENT_STARTER = """

@@ -218,10 +218,8 @@ def test_a_bad_value_is_one_line_naming_the_variable_and_the_value(
     name: str, value: str, accepted: str
 ) -> None:
     message = refused({name: value})
-    # A secret URL's value is shown masked, and not at all if it is no URL.
-    secret_url = name in ("JOBKIT_BROKER_URL", "JOBKIT_STATE_URL", "JOBKIT_SMTP_URL", "SENTRY_DSN")
-    shown = "***" if secret_url and "://" not in value else value
-    assert message.startswith(f"{name}={shown!r}: "), message
+    # Shown as given, also a secret URL that is no URL (none of these holds a password).
+    assert message.startswith(f"{name}={value!r}: "), message
     assert accepted in message, message
 
 
@@ -249,15 +247,55 @@ def test_several_bad_values_are_named_on_one_line() -> None:
         ("JOBKIT_RATE_LIMIT_URL", f"amqp://{SECRET}@h", "amqp://***@h"),
         ("JOBKIT_SMTP_URL", f"smtp://ada:{SECRET}@mail?starttls=no", "smtp://ada:***@mail"),
         ("JOBKIT_DEAD_LETTER_WEBHOOK", f"ftp://h/x?token={SECRET}", "ftp://h/x?token=***"),
-        ("SENTRY_DSN", f"{SECRET}@o1.ingest.sentry.io/2", "'***'"),
+        ("SENTRY_DSN", f"{SECRET}@o1.ingest.sentry.io/2", "'***@o1.ingest.sentry.io/2'"),
+        ("JOBKIT_BROKER_URL", f"guest:{SECRET}@mq:5672/", "'amqp://guest:***@mq:5672/'"),
+        ("JOBKIT_BROKER_URL", f"redis//:{SECRET}@h:6379/5", "'redis://:***@h:6379/5'"),
+        ("JOBKIT_BROKER_URL", f"redis://:{SECRET[:4]}/{SECRET[4:]}@h/0", "redis://:***@h/0"),
+        ("JOBKIT_BROKER_URL", f"redis://:{SECRET[:4]}?{SECRET[4:]}@h/0", "redis://:***@h/0"),
+        ("JOBKIT_STATE_URL", f"unix://?db=1&password={SECRET}", "'unix://?db=1&password=***'"),
         ("JOBKIT_SIGNING_KEY", SECRET, "JOBKIT_SIGNING_KEY='***': every key needs at least 16"),
         ("JOBKIT_SIGNING_KEY", f"{SECRET}-long-enough, {SECRET[:8]}", "at least 16 characters"),
     ],
 )
 def test_secrets_never_appear_in_a_message(name: str, value: str, masked: str) -> None:
     message = refused({name: value})
-    assert SECRET not in message and SECRET[:8] not in message
+    assert SECRET not in message and SECRET[:8] not in message and SECRET[4:] not in message
     assert message.startswith(f"{name}=") and masked in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "likely"),
+    [
+        ("JOBKIT_BROKER_URL", "localhost:6379", "redis://localhost:6379"),
+        ("JOBKIT_BROKER_URL", "redis//127.0.0.1:6379/5", "redis://127.0.0.1:6379/5"),
+        ("JOBKIT_BROKER_URL", "redis:/127.0.0.1:6379", "redis://127.0.0.1:6379"),
+        ("JOBKIT_BROKER_URL", "redis:6379", "redis://redis:6379"),  # a host named redis
+        ("JOBKIT_BROKER_URL", "127.0.0.1:5672", "amqp://127.0.0.1:5672"),
+        ("JOBKIT_BROKER_URL", "reddis://h:6379", "redis://h:6379"),
+        ("JOBKIT_BROKER_URL", "rabbitmq://mq/", "amqp://mq/"),
+        ("JOBKIT_BROKER_URL", "redis:///127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("JOBKIT_BROKER_URL", "/run/redis/redis.sock", "unix:///run/redis/redis.sock"),
+        ("JOBKIT_BROKER_URL", "embedded:/srv/jobkit", "embedded:///srv/jobkit"),
+        ("JOBKIT_STATE_URL", "localhost:6379/2", "redis://localhost:6379/2"),
+        ("JOBKIT_SMTP_URL", "mail.example.com:465", "smtps://mail.example.com:465"),
+        ("JOBKIT_SMTP_URL", "smpt://mail.example.com", "smtp://mail.example.com"),
+        ("JOBKIT_DEAD_LETTER_WEBHOOK", "hooks.example.com/dead", "https://hooks.example.com/dead"),
+        ("SENTRY_DSN", "htps://key@o1.ingest.sentry.io/2", "https://***@o1.ingest.sentry.io/2"),
+    ],
+)
+def test_a_bad_url_is_echoed_as_given_with_the_likely_fix(
+    name: str, value: str, likely: str
+) -> None:
+    message = refused({name: value})
+    assert message.startswith(f"{name}={value.replace('key@', '***@')!r}: "), message
+    assert f"did you mean {likely!r}?" in message, message
+
+
+@pytest.mark.parametrize("value", ["ftp://host", "http://127.0.0.1/", "hello world", "redis:"])
+def test_no_fix_is_guessed_when_none_is_likely(value: str) -> None:
+    message = refused({"JOBKIT_BROKER_URL": value})
+    assert message.startswith(f"JOBKIT_BROKER_URL={value!r}: ") and "did you mean" not in message
+    assert "use one of redis://, rediss://, unix://, amqp://, amqps://, embedded://" in message
 
 
 def test_secrets_stay_out_of_the_settings_repr() -> None:

@@ -62,8 +62,9 @@ def test_embedded_with_and_without_a_data_dir(
     [
         ("http://user:hunter2@127.0.0.1/", "unsupported scheme"),
         ("ftp://127.0.0.1/", "unsupported scheme"),
-        ("127.0.0.1:6379", "unsupported scheme"),
-        ("redis//127.0.0.1:6379", "unsupported scheme"),
+        ("127.0.0.1:6379", "no scheme; did you mean 'redis://127.0.0.1:6379'?"),
+        ("redis//127.0.0.1:6379", "no scheme; did you mean 'redis://127.0.0.1:6379'?"),
+        ("guest:hunter2@127.0.0.1:5672/", "did you mean 'amqp://guest:***@127.0.0.1:5672/'?"),
         ("redis://", "no host"),
         ("amqp://:hunter2@/", "no host"),
         ("redis://127.0.0.1:99999/0", "invalid port"),
@@ -82,7 +83,7 @@ def test_bad_urls_give_one_line_naming_the_variable_with_password_masked(
     assert message.startswith("JOBKIT_BROKER_URL=")
     assert "\n" not in message
     assert "hunter2" not in message
-    if expected == "unsupported scheme":
+    if "scheme" in expected:
         for scheme in ("redis://", "rediss://", "unix://", "amqp://", "amqps://", "embedded://"):
             assert scheme in message
 
@@ -95,6 +96,19 @@ def test_bad_urls_give_one_line_naming_the_variable_with_password_masked(
         ("redis://token@127.0.0.1:6379/0", "redis://***@127.0.0.1:6379/0"),
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
         ("unix:///tmp/r.sock?password=pw&db=1", "unix:///tmp/r.sock?password=***&db=1"),
+        # As given: no scheme added, none lower-cased; only the password goes.
+        ("localhost:6379", "localhost:6379"),
+        ("redis//127.0.0.1:6379/5", "redis//127.0.0.1:6379/5"),
+        ("REDIS://:pw@h:6379", "REDIS://:***@h:6379"),
+        ("guest:pw@mq:5672/", "guest:***@mq:5672/"),
+        ("https://h/?auth_token=pw&page=2#top", "https://h/?auth_token=***&page=2#top"),
+        (
+            "https://social.example/@ada?to=bob@example.com",
+            "https://social.example/@ada?to=bob@example.com",
+        ),
+        # A password with a raw "/" or "?" still goes (a parser would end the host there).
+        ("redis://:p/w@h:6379/0", "redis://:***@h:6379/0"),
+        ("amqp://guest:p?w@mq/", "amqp://guest:***@mq/"),
     ],
 )
 def test_mask_url_hides_passwords(url: str, masked: str) -> None:

@@ -11,7 +11,7 @@ import pika.exceptions
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.common import dq_name, xq_name
 
-from jobkit.errors import BrokerUnavailable
+from jobkit.errors import BrokerRefused, BrokerUnavailable
 from jobkit.settings import mask_url
 
 from ..queue_depth import QueueDepth
@@ -23,12 +23,12 @@ def check_rabbitmq(url: str) -> None:
     try:
         connection = pika.BlockingConnection(pika.URLParameters(with_connection_defaults(url)))
     except pika.exceptions.ProbableAuthenticationError:
-        raise BrokerUnavailable(
+        raise BrokerRefused(
             f"RabbitMQ at {mask_url(url)} refused the credentials (ACCESS_REFUSED); "
             "check the user and password in JOBKIT_BROKER_URL"
         ) from None
     except pika.exceptions.ProbableAccessDeniedError:
-        raise BrokerUnavailable(
+        raise BrokerRefused(
             f"RabbitMQ at {mask_url(url)} denied access to the virtual host; "
             "check the vhost in JOBKIT_BROKER_URL and the user's permissions"
         ) from None

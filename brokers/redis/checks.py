@@ -13,7 +13,7 @@ import redis
 from dramatiq import Broker, Middleware, Worker
 from dramatiq.brokers.redis import RedisBroker
 
-from jobkit.errors import BrokerUnavailable
+from jobkit.errors import BrokerRefused, BrokerUnavailable
 from jobkit.settings import mask_url
 
 logger = logging.getLogger("jobkit.brokers.redis")
@@ -63,7 +63,7 @@ def check_redis(broker: RedisBroker, display_url: str) -> None:
     try:
         broker.client.ping()
     except redis.AuthenticationError:
-        raise BrokerUnavailable(
+        raise BrokerRefused(
             f"Redis at {mask_url(display_url)} refused the credentials; "
             "check the user and password in JOBKIT_BROKER_URL"
         ) from None

@@ -124,8 +124,8 @@ def filters_from(args: argparse.Namespace) -> Filters:
     )
 
 
-def _store(app: str | None) -> DeadLetterStore:
-    broker = load_app(app)
+def _store(app: str | None, *, attach_only: bool = False) -> DeadLetterStore:
+    broker = load_app(app, attach_only=attach_only)
     check_broker(broker)
     return dead_letter_store(broker)
 
@@ -148,7 +148,7 @@ def _error_text(record: dict[str, Any], width: int = 70) -> str:
 
 def run_list(args: argparse.Namespace) -> int:
     filters = filters_from(args)
-    records = _store(args.app).list(filters, limit=args.limit)
+    records = _store(args.app, attach_only=True).list(filters, limit=args.limit)
     print_listing(
         records,
         as_json=args.json,
@@ -170,7 +170,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    store = _store(args.app)
+    store = _store(args.app, attach_only=True)
     dead_letter_id = store.resolve(args.id)
     record = store.get(dead_letter_id)
     if record is None:  # purged since it was resolved

@@ -38,7 +38,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    broker = load_app(args.app)
+    broker = load_app(args.app, attach_only=True)  # it only looks: starts no embedded server
     check_broker(broker)
     depths = queue_depths(broker, set(args.queue))
     if args.json:
