@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
@@ -202,6 +203,7 @@ def test_a_job_s_hooks_count_it_time_it_and_show_it_in_flight_while_it_runs() ->
         "latency": prom.Histogram("lat", "", labels, buckets=LATENCY_BUCKETS, registry=registry),
         "duration": prom.Histogram("dur", "", labels, buckets=LATENCY_BUCKETS, registry=registry),
         "in_flight": prom.Gauge("inflight", "", labels, registry=registry),
+        "written": prom.Gauge("written", "", registry=registry),
     }
 
     def value(name: str, **wanted: str) -> float:
@@ -244,3 +246,33 @@ def test_only_loopback_addresses_count_as_this_host() -> None:
 
     assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
     assert not _is_loopback("0.0.0.0") and not _is_loopback("10.0.0.5")
+
+
+def test_the_tally_stamps_each_write_once_its_counts_are_written() -> None:
+    import prometheus_client as prom
+
+    from middleware.metric_tally import Tally
+
+    registry = prom.CollectorRegistry()
+    counter = prom.Counter("c", "", ("actor",), registry=registry)
+    stamps: list[tuple[float, float | None]] = []
+    tally = Tally(
+        stamp=lambda until: stamps.append(
+            (until, registry.get_sample_value("c_total", {"actor": "a"}))
+        )
+    )
+    tally.inc(counter.labels("a"), 3)
+    before = time.time()
+    tally.flush()
+    after = time.time()
+    [(until, counted)] = stamps
+    assert before <= until <= after
+    assert counted == 3  # the stamp comes after the counts it vouches for
+
+
+def test_workers_write_their_metrics_on_whole_seconds() -> None:
+    from middleware.metric_tally import next_write_in
+
+    assert next_write_in(100.25, 1.0) == 0.75
+    assert next_write_in(100.0, 1.0) == 1.0
+    assert next_write_in(7.5, 5.0) == 2.5
