@@ -1,8 +1,10 @@
 """The metrics exporter: one process per worker group serving the workers' sum on HTTP.
 
 The dramatiq CLI runs :func:`serve_metrics` as a fork (``Metrics.forks``). It
-sums the worker processes' multiprocess files (``middleware.metrics``) and adds
-queue depths read from the broker at scrape time.
+sums the worker processes' multiprocess files (``middleware.metrics``), adds
+queue depths read from the broker at scrape time, and names its group:
+``jobkit_worker_group_info{app, broker}``, so that a reader (``jobkit stats``)
+can tell another group's endpoint from its own.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import json
 import logging
 import os
 import shutil
+import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from jobkit.settings import current
+from middleware.dramatiq_seam import cli_app
 from middleware.log_config import configure_logging
 from middleware.metrics import address, group_dir
 from middleware.priorities import PriorityConfig
@@ -51,6 +55,7 @@ def serve_metrics() -> int:
     registry = prom.CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(directory))
     registry.register(QueueDepthCollector(directory))
+    registry.register(WorkerGroupCollector(*group_identity()))
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
@@ -99,6 +104,28 @@ def _remove_stale_groups(base: Path) -> None:
     for entry in base.iterdir():
         if entry.name.isdigit() and not pid_alive(int(entry.name)):
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def group_identity() -> tuple[str, str]:
+    """(app, broker) of this worker group: the app its dramatiq command line loads ("" if
+    not run by one) and the masked URL of ``JOBKIT_BROKER_URL``, whose queues it reports."""
+    return cli_app(sys.argv) or "", configured_spec(current()).display_url
+
+
+class WorkerGroupCollector:
+    """``jobkit_worker_group_info{app, broker} 1``: whose workers this endpoint counts."""
+
+    def __init__(self, app: str, broker: str) -> None:
+        self.labels = {"app": app, "broker": broker}
+
+    def collect(self) -> Any:
+        from prometheus_client.core import InfoMetricFamily
+
+        yield InfoMetricFamily(
+            "jobkit_worker_group",
+            "The worker group this endpoint serves: its app and its broker (masked)",
+            value=self.labels,
+        )
 
 
 class QueueDepthCollector:

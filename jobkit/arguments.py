@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn
+from urllib.parse import urlsplit
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -151,6 +152,19 @@ def id_prefix(text: str) -> str:
     """An id, or its first characters (at least ``MIN_PREFIX``), as ``jobkit`` lists it."""
     if len(text) < MIN_PREFIX or not _ID_TEXT.fullmatch(text):
         raise _bad(f"an id or its first {MIN_PREFIX} or more characters", text)
+    return text
+
+
+def http_url(text: str) -> str:
+    """An ``http://`` or ``https://`` URL that names a host, e.g. a metrics endpoint."""
+    accepted = "an http(s):// URL with a host, e.g. http://127.0.0.1:9191/metrics"
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise _bad(accepted, text) from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise _bad(accepted, text)
     return text
 
 

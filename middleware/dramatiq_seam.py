@@ -3,10 +3,10 @@
 jobkit extends Dramatiq where Dramatiq has no public way in: its consumers and
 brokers (the private ``_RabbitmqConsumer``, ``_RedisConsumer`` and the methods a
 subclass overrides), the worker's in-memory queue, the exception a worker stuffs
-into a message, the CLI's logging set-up, the names of its loggers. Nothing
-else in the product touches them (``tests/test_seams.py`` checks both that and
-that each one still exists), so a Dramatiq upgrade is a change here and a run
-of that test.
+into a message, the CLI's logging set-up and command line, the names of its
+loggers. Nothing else in the product touches them (``tests/test_seams.py``
+checks both that and that each one still exists), so a Dramatiq upgrade is a
+change here and a run of that test.
 
 Version: exact. ``pyproject.toml`` pins ``dramatiq==2.2.1`` because
 ``brokers/lua/dispatch.lua`` is that release's script, so any other version is
@@ -21,10 +21,11 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from queue import PriorityQueue
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from dramatiq import Message, Worker
 from dramatiq.broker import MessageProxy
@@ -51,6 +52,7 @@ __all__ = [
     "RedisBrokerBase",
     "RedisConsumerBase",
     "check_version",
+    "cli_app",
     "delivery_tag",
     "is_cli_pipe",
     "pipeline_command",
@@ -146,6 +148,29 @@ def wrap_cli_logging(wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -
 def is_cli_pipe(stream: object) -> bool:
     """Whether ``stream`` is ``dramatiq.compat.StreamablePipe``, a CLI worker's stdout/stderr."""
     return isinstance(stream, StreamablePipe)
+
+
+def cli_app(argv: Sequence[str]) -> str | None:
+    """The app a ``dramatiq`` command line loads (its ``broker`` argument: ``module`` or
+    ``module:broker``), or ``None`` if ``argv`` is not such a command line.
+
+    The CLI's worker processes and forks inherit its ``sys.argv`` (``jobkit worker``
+    sets it too), so a fork can tell which app its group runs.
+    """
+    if not argv or "dramatiq" not in (Path(argv[0]).name, Path(argv[0]).parent.name):
+        return None
+    import dramatiq.cli
+
+    def refuse(message: str) -> NoReturn:
+        raise ValueError(message)
+
+    parser = dramatiq.cli.make_argument_parser()
+    parser.error = refuse  # quietly: no usage printed, no exit 2
+    try:
+        args, _ = parser.parse_known_args(list(argv[1:]))
+    except (ValueError, SystemExit):
+        return None
+    return str(args.broker)
 
 
 # RabbitMQ --------------------------------------------------------------------------------

@@ -7,6 +7,13 @@ of its time. ``Tally`` keeps the changes in dicts and a daemon thread applies
 their sums every ``interval_s`` (and on ``flush()``, at worker shutdown), along
 with gauges read at that moment, so a scrape trails the workers by at most
 that long.
+
+The writes fall on whole multiples of ``interval_s`` of the wall clock (every
+whole second), in every process of every group alike, and each one ends by
+telling ``stamp`` the moment its counts run to: a scrape between two writes sees
+every process's counts as of the same moment, and a rate over two scrapes
+divides by the time between those moments (``jobkit stats``), not by the time
+between the scrapes, which may hold one write more or less.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import bisect
 import collections
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +44,7 @@ class Tally:
         gauges: Callable[[], dict[Any, float]] | None = None,
         job_children: Callable[[Any], tuple[Any, Any, Any, Any]] | None = None,
         job_bounds: tuple[float, ...] = (),
+        stamp: Callable[[float], None] | None = None,
     ) -> None:
         self.interval_s = interval_s
         #: Read at each flush: gauge child -> value to set (levels, not changes).
@@ -44,6 +53,8 @@ class Tally:
         #: duration histograms), whose buckets' upper bounds are ``job_bounds``.
         self.job_children = job_children
         self.job_bounds = job_bounds
+        #: Told after each write the Unix time its counts run to (changes made before it).
+        self.stamp = stamp
         self._lock = threading.Lock()
         #: (actor, queue, succeeded, queue latency ms, duration s) per attempt finished
         #: since the last flush: plain values, so the garbage collector need not follow
@@ -78,14 +89,14 @@ class Tally:
             (attempt.actor, attempt.queue, succeeded, attempt.latency_ms, attempt.finish())
         )
 
-    def _sum_finished(self) -> dict[Any, list[float]]:
+    def _sum_finished(self, count: int) -> dict[Any, list[float]]:
         """(actor, queue) -> [succeeded, failed, latency sum, duration sum, latency buckets...,
-        duration buckets...] over the attempts finished since the last flush."""
+        duration buckets...] over the first ``count`` attempts finished since the last flush."""
         bounds = self.job_bounds
         n = len(bounds)
         jobs: dict[Any, list[float]] = {}
         finished = self._finished
-        for _ in range(len(finished)):
+        for _ in range(count):
             actor, queue, succeeded, latency_ms, duration_s = finished.popleft()
             key = actor, queue
             latency_s = latency_ms / 1000
@@ -110,18 +121,20 @@ class Tally:
         self.flush()
 
     def _run(self) -> None:
-        while not self._stopping.wait(self.interval_s):
+        while not self._stopping.wait(next_write_in(time.time(), self.interval_s)):
             try:
                 self.flush()
             except Exception:  # a bad value must not stop the metrics for good
                 logger.exception("metrics: could not write this second's changes")
 
     def flush(self) -> None:
-        """Apply every pending change to prometheus-client's values."""
+        """Apply every pending change to prometheus-client's values, then ``stamp`` them."""
         with self._lock:
             increments, self._increments = self._increments, defaultdict(float)
             histograms, self._histograms = self._histograms, {}
-        for key, stats in self._sum_finished().items():
+            finished = len(self._finished)  # later ones wait for the next write
+            until = time.time()
+        for key, stats in self._sum_finished(finished).items():
             assert self.job_children is not None
             succeeded, failed, latency, duration = self.job_children(key)
             increments[succeeded] += stats[0]
@@ -137,3 +150,11 @@ class Tally:
         if self.gauges is not None:
             for child, value in self.gauges().items():
                 child.set(value)
+        if self.stamp is not None:
+            # Last: a scrape that sees this time sees every count written up to it.
+            self.stamp(until)
+
+
+def next_write_in(now: float, interval_s: float) -> float:
+    """Seconds from ``now`` (Unix time) to the next whole multiple of ``interval_s``."""
+    return interval_s - now % interval_s

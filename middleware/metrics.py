@@ -10,7 +10,10 @@ Settings: ``JOBKIT_METRICS`` (``on``; ``off`` disables), ``JOBKIT_METRICS_HOST``
 ``JOBKIT_METRICS_PORT``, ``JOBKIT_METRICS_DIR`` (``/tmp/jobkit-metrics-<uid>``).
 If the port is taken (say, a second worker group on the host), the exporter
 logs one line saying so and stops; the workers go on. Workers write their
-changes once a second (``metric_tally``), so a scrape trails them by up to 1 s.
+changes on every whole second (``metric_tally``), so a scrape trails them by up
+to 1 s; each process's ``jobkit_metrics_written_timestamp_seconds`` says when
+its counts run to, and the exporter's ``jobkit_worker_group_info`` names the
+group (app, broker), so ``jobkit stats`` can tell it reads its own group.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class Metrics(JobkitMiddleware):
             gauges=self._in_flight,
             job_children=self._job_children,
             job_bounds=(*LATENCY_BUCKETS, math.inf),
+            stamp=self._written,
         )
 
     @property
@@ -123,6 +127,13 @@ class Metrics(JobkitMiddleware):
                 "jobkit_jobs_in_flight", "Jobs running now", labels,
                 multiprocess_mode="livesum", registry=registry,
             ),
+            # One sample per live process (a pid label): a scrape is consistent when
+            # they agree, and rates divide by the time between two of them.
+            "written": prom.Gauge(
+                "jobkit_metrics_written_timestamp_seconds",
+                "When this worker process last wrote its metrics (Unix time): its counts "
+                "run to then", multiprocess_mode="liveall", registry=registry,
+            ),
         }  # fmt: skip
         self._tally.start()
 
@@ -132,6 +143,10 @@ class Metrics(JobkitMiddleware):
         if child is None:
             child = self._children[key] = self._m[name].labels(*labels)
         return child
+
+    def _written(self, until: float) -> None:
+        if self._m:
+            self._m["written"].set(until)
 
     def _in_flight(self) -> dict[Any, float]:
         counts: dict[Any, float] = dict.fromkeys(

@@ -103,8 +103,6 @@ def test_a_bad_option_is_one_line_naming_it_and_exits_usage(args: list[str], exp
 UNCHECKED = {
     ("jobkit send", "actor"),  # any name: checked against the app's actors when sent
     ("jobkit send", "args"),  # JSON, else text: checked against the actor's signature
-    ("jobkit stats", "--url"),  # jobkit/cli/stats.py (another change of issue 19)
-    ("jobkit stats", "--interval"),
     ("jobkit demo", "--work-ms"),  # jobkit/demo (another change of issue 19)
     ("jobkit demo", "--timeout"),
 }

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import subprocess
+import threading
+import time
+import urllib.error
 import urllib.request
 from collections import defaultdict
+from collections.abc import Iterator
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
 from dramatiq import Broker
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.harness import free_port
 from brokers.processes import start_process_group, stop_process_group
-from tests.conftest import env_for, url_for
+from jobkit import exit_codes
+from jobkit.settings import mask_url
+from tests.conftest import REDIS_URL, env_for, url_for
 from tests.support.limited import declare_limited
 from tests.support.logged import MARKERS_ENV, declare_logged
 from tests.support.processes import REPO, child_env, jobkit_command, run_jobkit, wait_until
@@ -47,6 +58,11 @@ def _value(samples: dict, name: str, **labels: str) -> float:
     )
 
 
+#: The app the test worker groups run, as `jobkit stats` must be told.
+WORKER_APP = "tests.support.sentry_worker"
+APP = ("--app", WORKER_APP)
+
+
 def _start(kind: str, tmp_path: Path, port: int) -> tuple:
     output = tmp_path / "worker.out"
     env = child_env(
@@ -58,7 +74,7 @@ def _start(kind: str, tmp_path: Path, port: int) -> tuple:
         **{MARKERS_ENV: str(tmp_path)},
         **env_for(kind),
     )
-    command = [*jobkit_command(), "worker", "tests.support.sentry_worker", "-p", "2", "-t", "4"]
+    command = [*jobkit_command(), "worker", WORKER_APP, "-p", "2", "-t", "4"]
     return start_process_group(command, env=env, log=output, cwd=REPO), output, env
 
 
@@ -92,7 +108,7 @@ def test_metrics_endpoint_counts_what_ran(
             )
 
         assert wait_until(written, timeout=10), samples
-        stats = run_jobkit("stats", "--json", "--interval", "0.5", "--url", url, env=env)
+        stats = run_jobkit(*APP, "stats", "--json", "--interval", "1", "--url", url, env=env)
     finally:
         stop_process_group(workers)
 
@@ -113,8 +129,10 @@ def test_metrics_endpoint_counts_what_ran(
     assert ("jobkit_queue_depth" in samples) and value(
         "jobkit_queue_depth", queue="jobkit-test", state="dead_lettered"
     ) == 2
+    # Each of the two worker processes says when its counts run to.
+    assert len(samples["jobkit_metrics_written_timestamp_seconds"]) == 2
     assert stats.returncode == 0, stats.stderr
-    by_actor = {row["actor"]: row for row in json.loads(stats.stdout)["actors"]}
+    by_actor = {row["actor"]: row for row in json.loads(stats.stdout)}
     assert by_actor["flaky"]["total_processed"] == 22
     assert by_actor["doomed"]["total_dead_lettered"] == 2
 
@@ -149,7 +167,7 @@ def test_a_taken_metrics_port_is_one_clear_line_and_workers_go_on(
 
 def test_stats_without_workers_is_one_clear_line() -> None:
     result = run_jobkit(
-        "stats", "--url", f"http://127.0.0.1:{free_port()}/metrics", "--interval", "0.1",
+        "stats", "--url", f"http://127.0.0.1:{free_port()}/metrics", "--interval", "1",
         env=child_env("redis://127.0.0.1:6379/15"),
     )  # fmt: skip
     assert result.returncode == 1
@@ -202,6 +220,7 @@ def test_a_job_s_hooks_count_it_time_it_and_show_it_in_flight_while_it_runs() ->
         "latency": prom.Histogram("lat", "", labels, buckets=LATENCY_BUCKETS, registry=registry),
         "duration": prom.Histogram("dur", "", labels, buckets=LATENCY_BUCKETS, registry=registry),
         "in_flight": prom.Gauge("inflight", "", labels, registry=registry),
+        "written": prom.Gauge("written", "", registry=registry),
     }
 
     def value(name: str, **wanted: str) -> float:
@@ -244,3 +263,244 @@ def test_only_loopback_addresses_count_as_this_host() -> None:
 
     assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
     assert not _is_loopback("0.0.0.0") and not _is_loopback("10.0.0.5")
+
+
+def test_the_tally_stamps_each_write_once_its_counts_are_written() -> None:
+    import prometheus_client as prom
+
+    from middleware.metric_tally import Tally
+
+    registry = prom.CollectorRegistry()
+    counter = prom.Counter("c", "", ("actor",), registry=registry)
+    stamps: list[tuple[float, float | None]] = []
+    tally = Tally(
+        stamp=lambda until: stamps.append(
+            (until, registry.get_sample_value("c_total", {"actor": "a"}))
+        )
+    )
+    tally.inc(counter.labels("a"), 3)
+    before = time.time()
+    tally.flush()
+    after = time.time()
+    [(until, counted)] = stamps
+    assert before <= until <= after
+    assert counted == 3  # the stamp comes after the counts it vouches for
+
+
+def test_workers_write_their_metrics_on_whole_seconds() -> None:
+    from middleware.metric_tally import next_write_in
+
+    assert next_write_in(100.25, 1.0) == 0.75
+    assert next_write_in(100.0, 1.0) == 1.0
+    assert next_write_in(7.5, 5.0) == 2.5
+
+
+# `jobkit stats`: whose endpoint it reads, and over which window --------------------------
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=1).close()
+    except (urllib.error.URLError, OSError):
+        return False
+    return True
+
+
+def _one_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("jobkit: error: ")
+    return lines[0]
+
+
+def test_stats_names_another_worker_group_s_endpoint_and_exits_1(
+    redis_broker_kind: str, tmp_path: Path
+) -> None:
+    """The port answers for another project's workers: stats names both groups, exit 1."""
+    port = free_port()
+    workers, output, env = _start(redis_broker_kind, tmp_path, port)
+    url = f"http://127.0.0.1:{port}/metrics"
+    elsewhere = "redis://127.0.0.1:6379/9"
+    try:
+        assert wait_until(lambda: _answers(url), timeout=60), output.read_text()[-3000:]
+        group = _samples(url)["jobkit_worker_group_info"]
+        other_app = run_jobkit("--app", "actors", "stats", "--interval", "1", env=env)
+        other_broker = run_jobkit(
+            *APP, "stats", "--interval", "1", env={**env, "JOBKIT_BROKER_URL": elsewhere}
+        )
+        own = run_jobkit(*APP, "stats", "--interval", "1", "--json", env=env)
+    finally:
+        stop_process_group(workers)
+    broker = mask_url(url_for(redis_broker_kind))
+    assert list(group) == [(("app", WORKER_APP), ("broker", broker))]
+    line = _one_line(other_app)
+    assert f"app {WORKER_APP!r}, broker {broker}" in line
+    assert "not this one (app 'actors'" in line and "JOBKIT_METRICS_PORT" in line
+    line = _one_line(other_broker)
+    assert f"broker {broker})" in line and f"broker {elsewhere})" in line
+    assert own.returncode == 0, own.stderr
+
+
+def _exposition(
+    group: tuple[str, str] | None, jobs: dict[str, float], written: list[float]
+) -> bytes:
+    """What an exporter serves: its group, jobs succeeded per actor, each process's write."""
+    import prometheus_client as prom
+    from prometheus_client.core import InfoMetricFamily
+
+    class Group:
+        def collect(self) -> Iterator[InfoMetricFamily]:
+            assert group is not None
+            yield InfoMetricFamily("jobkit_worker_group", "", {"app": group[0], "broker": group[1]})
+
+    registry = prom.CollectorRegistry()
+    if group is not None:
+        registry.register(Group())
+    counter = prom.Counter("jobkit_jobs", "", ("actor", "queue", "outcome"), registry=registry)
+    for actor, count in jobs.items():
+        counter.labels(actor, "q", "succeeded").inc(count)
+    gauge = prom.Gauge("jobkit_metrics_written_timestamp_seconds", "", ("pid",), registry=registry)
+    for pid, at in enumerate(written):
+        gauge.labels(str(pid)).set(at)
+    return prom.generate_latest(registry)
+
+
+@contextlib.contextmanager
+def _endpoint(*payloads: bytes) -> Iterator[str]:
+    """A stand-in exporter: the n-th request gets ``payloads[n]`` (then the last, again)."""
+    served: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            body = payloads[min(len(served), len(payloads) - 1)]
+            served.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+#: The group the stand-in exporters name, and the environment of a `jobkit stats` of it.
+GROUP = ("actors", mask_url(REDIS_URL))
+STATS_ENV = {"JOBKIT_APP": "actors"}
+
+
+def _stats(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_jobkit("stats", "--url", url, *args, env=child_env(REDIS_URL, **STATS_ENV))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [_exposition(None, {"a": 1}, [1.0]), b"<html>not metrics</html>\n"],
+    ids=["no group info", "not prometheus"],
+)
+def test_stats_says_so_when_the_endpoint_is_not_a_jobkit_worker_group(payload: bytes) -> None:
+    with _endpoint(payload) as url:
+        line = _one_line(_stats(url, "--interval", "1"))
+    assert url in line and "JOBKIT_METRICS_PORT" in line
+
+
+def test_stats_rates_divide_by_the_time_between_the_workers_writes() -> None:
+    """Counts lag the workers by up to a write: a 1 s window between scrapes can hold two
+    writes (2 s of jobs). 100 jobs over writes 2 s apart are 50 jobs/s, not 100. A scrape
+    that caught one process before this second's write and one after is taken again."""
+    t = time.time()
+    payloads = (
+        _exposition(GROUP, {"limited": 10}, [t - 1, t]),  # one process yet to write: again
+        _exposition(GROUP, {"limited": 20}, [t, t]),
+        _exposition(GROUP, {"limited": 120}, [t + 2, t + 2]),
+    )
+    with _endpoint(*payloads) as url:
+        result = _stats(url, "--interval", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    [row] = json.loads(result.stdout)
+    assert (row["actor"], row["window_s"], row["jobs_per_s"]) == ("limited", 2, 50)
+
+
+def test_stats_says_so_when_no_worker_wrote_during_the_window() -> None:
+    t = time.time()
+    with _endpoint(_exposition(GROUP, {"limited": 5}, [t])) as url:
+        line = _one_line(_stats(url, "--interval", "1"))
+    assert "no worker process wrote its metrics" in line
+
+
+@pytest.mark.parametrize("interval", ["0.5", "0", "-1", "nan", "inf"])
+def test_stats_refuses_a_window_shorter_than_a_metrics_write(interval: str) -> None:
+    t = time.time()
+    payloads = (_exposition(GROUP, {"a": 0}, [t]), _exposition(GROUP, {"a": 9}, [t + 1]))
+    with _endpoint(*payloads) as url:
+        result = _stats(url, "--interval", interval)
+    assert result.returncode == exit_codes.USAGE, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"--interval: must be a whole number >= 1, got {interval!r}" in line
+
+
+def test_stats_with_no_jobs_yet_prints_one_line_and_json_an_empty_list() -> None:
+    t = time.time()
+    payloads = (_exposition(GROUP, {}, [t]), _exposition(GROUP, {}, [t + 1]))
+    with _endpoint(*payloads) as url:
+        table = _stats(url, "--interval", "1")
+    with _endpoint(*payloads) as url:
+        as_json = _stats(url, "--interval", "1", "--json")
+    assert table.returncode == 0 and as_json.returncode == 0, table.stderr + as_json.stderr
+    assert table.stdout.startswith("no jobs counted yet by the worker group at ")
+    assert len(table.stdout.splitlines()) == 1
+    assert json.loads(as_json.stdout) == []
+
+
+def _finished_between(output: Path, actor: str, start: float, end: float) -> int:
+    """Jobs of ``actor`` that succeeded in (start, end], by the workers' own job logs."""
+    count = 0
+    for line in output.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if event.get("actor") == actor and event.get("event") == "job.succeeded":
+            count += start < datetime.fromisoformat(event["ts"]).timestamp() <= end
+    return count
+
+
+def test_stats_counts_what_a_rate_limited_actor_ran_in_each_window(
+    redis_broker: Broker, redis_broker_kind: str, tmp_path: Path
+) -> None:
+    """Through 1 s windows, a 20/s actor on two worker processes: each window's rate is what
+    the workers' job logs say ran in it (not a second more or less of counts)."""
+    port = free_port()
+    workers, output, env = _start(redis_broker_kind, tmp_path, port)
+    url = f"http://127.0.0.1:{port}/metrics"
+    limited = declare_limited(redis_broker).limited
+    for n in range(300):  # 15 s of work at 20/s: more than the windows below take
+        limited.send(n)
+    try:
+
+        def running() -> bool:
+            return _answers(url) and _value(_samples(url), "jobkit_jobs_total", actor="limited") > 0
+
+        assert wait_until(running, timeout=60), output.read_text()[-3000:]
+        rows = []
+        for _ in range(3):
+            result = run_jobkit(*APP, "stats", "--interval", "1", "--json", env=env)
+            assert result.returncode == 0, result.stderr
+            rows += [row for row in json.loads(result.stdout) if row["actor"] == "limited"]
+    finally:
+        stop_process_group(workers)
+    assert len(rows) == 3 and all(row["jobs_per_s"] > 0 for row in rows), rows
+    for row in rows:
+        assert row["window_s"] == pytest.approx(1, abs=0.05), row
+        counted = round(row["jobs_per_s"] * row["window_s"])
+        logged = _finished_between(output, "limited", row["until"] - row["window_s"], row["until"])
+        # A job that ends at the edge of a window is counted just before its line is logged.
+        assert abs(counted - logged) <= 2, (row, logged)

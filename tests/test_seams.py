@@ -224,6 +224,22 @@ def test_a_cli_worker_s_pipe_is_recognised() -> None:
     assert "StreamablePipe" in dramatiq.cli.main.__code__.co_names
 
 
+def test_a_cli_command_line_names_its_app_quietly(capsys: pytest.CaptureFixture[str]) -> None:
+    """What the metrics exporter, a fork of the CLI, reports as its group's app."""
+    cli_app = dramatiq_seam.cli_app
+    assert cli_app(["dramatiq", "-p", "2", "shop.jobs", "-t", "4"]) == "shop.jobs"
+    assert cli_app(["/venv/bin/dramatiq", "shop.jobs:broker", "more.jobs", "-Q", "a"]) == (
+        "shop.jobs:broker"
+    )
+    assert cli_app(["/lib/site-packages/dramatiq/__main__.py", "actors"]) == "actors"  # -m
+    assert cli_app(["pytest", "tests/test_seams.py"]) is None  # not the CLI
+    assert cli_app(["dramatiq"]) is None  # not a command line the CLI runs
+    assert cli_app(["dramatiq", "--processes", "many", "actors"]) is None
+    assert capsys.readouterr() == ("", "")  # no usage printed, no exit
+    # The CLI hands its forks its own arguments, parsed by this parser.
+    assert "make_argument_parser" in dramatiq.cli.main.__code__.co_names
+
+
 # Dramatiq: RabbitMQ ----------------------------------------------------------------------
 
 
