@@ -1,11 +1,16 @@
 """``jobkit demo``: every shipped job end to end on the configured broker (embedded by default).
 
-The demo generates sample photos and orders, starts a local HTTP server (the
-site to scrape and the webhook receiver), starts ``dramatiq actors`` workers,
-sends the tour (:mod:`.tour`) from app code, shows live progress per actor
-from the workers' JSON job events, and prints what happened to every job and
-where the outputs are. Some jobs are meant to fail: they end in the
-dead-letter store, which ``jobkit dead-letters list`` shows.
+The demo generates sample photos and orders under ``$JOBKIT_HOME/demo``, starts a
+local HTTP server (the site to scrape and the webhook receiver), starts ``dramatiq``
+workers, sends the tour (:mod:`.tour`) from app code, shows live progress per actor
+from the workers' JSON job events, and prints what happened to every job and where the
+outputs are. Some jobs are meant to fail: they end in the dead-letter store, which
+``jobkit dead-letters list`` shows.
+
+Each run has queues of its own (:mod:`.run_queues`): its jobs go there, its workers
+(:mod:`.run_workers`) consume nothing else, and they are deleted when it ends, also on
+an error, Ctrl-C or SIGTERM. Other workers and jobs on the same broker neither see nor
+change a run.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -23,6 +29,7 @@ from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
 
+from dramatiq import Broker
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from brokers import check_broker, embedded
@@ -35,13 +42,15 @@ from jobkit.errors import JobkitError
 from jobkit.output import print_json, print_table, stderr, stdout
 
 from .local_site import LocalSite
+from .run_queues import RunQueues, delete_queues, refile_dead_letters
 from .samples import make_samples
-from .tour import Outputs, send_tour
+from .tour import SHIPPED_JOBS, Outputs, send_tour, tour_queues
 from .tracker import Tracker
 
-DEFAULT_OUTPUT = ".jobkit/demo"
-#: The demo tours the jobs jobkit ships, whatever ``--app`` other commands use.
-SHIPPED_JOBS = "actors"
+#: What the demo's workers load: the shipped jobs, consuming the queues given with -Q.
+WORKER_APP = f"{__name__}.run_workers:broker"
+#: The default ``--output``, under ``JOBKIT_HOME``.
+OUTPUT_IN_HOME = "demo"
 #: Marks a directory as the demo's own, so a second run may clear it.
 MARKER = ".jobkit-demo"
 #: Limits low enough that the tour shows deferrals, high enough to stay quick.
@@ -81,9 +90,9 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         help="each small job sleeps a random 0..MS ms to stand in for I/O (default: 20)",
     )  # fmt: skip
     parser.add_argument(
-        "--output", "-o", type=Path, default=Path(DEFAULT_OUTPUT), metavar="DIR",
-        help=f"where samples and outputs go; cleared first if an earlier demo made it "
-        f"(default: {DEFAULT_OUTPUT})",
+        "--output", "-o", type=Path, default=None, metavar="DIR",
+        help="where samples and outputs go; cleared first if an earlier demo made it "
+        f"(default: $JOBKIT_HOME/{OUTPUT_IN_HOME}, i.e. ./.jobkit/{OUTPUT_IN_HOME})",
     )  # fmt: skip
     parser.add_argument(
         "--timeout", type=float, default=120.0, metavar="S",
@@ -129,8 +138,13 @@ def run(args: argparse.Namespace) -> int:
         jobkit_settings.forget()  # read again, with the demo's values, when the jobs load
         jobs = import_app(SHIPPED_JOBS)
         check_broker(jobs.broker)  # a dead broker stops the demo before it writes anything
-        out = Outputs(_fresh_directory(args.output))
-        summary = _run_tour(jobs, args, out, worker_env)
+        out = Outputs(_fresh_directory(args.output or default_output()))
+        queues = RunQueues()
+        try:
+            summary = _run_tour(jobs, queues, args, out, worker_env)
+        finally:
+            # The workers are stopped: what they left in the run's queues goes too.
+            _remove_run_queues(jobs.broker, queues)
         summary["broker"] = spec.display_url
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
@@ -146,6 +160,26 @@ def run(args: argparse.Namespace) -> int:
             stderr.print(f"jobkit demo: {line}")
         return exit_codes.ERROR
     return exit_codes.OK
+
+
+def default_output() -> Path:
+    """``$JOBKIT_HOME/demo``: the demo's files live with the rest of jobkit's local data."""
+    return jobkit_settings.current().home.expanduser() / OUTPUT_IN_HOME
+
+
+def _remove_run_queues(broker: Broker, queues: RunQueues) -> None:
+    """Delete the run's queues, its dead letters filed under their actors' queues first;
+    if the broker refuses, say so in one line and go on.
+    """
+    try:
+        refile_dead_letters(broker, queues)
+        delete_queues(broker, queues.used)
+    except Exception as error:  # noqa: BLE001 - the run's own outcome matters more
+        stderr.print(
+            f"jobkit demo: could not delete this run's queues {queues.pattern} "
+            f"({type(error).__name__}: {error}); no worker consumes them, so they change "
+            "no later run"
+        )
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -168,7 +202,11 @@ def _fresh_directory(path: Path) -> Path:
 
 
 def _run_tour(
-    jobs: ModuleType, args: argparse.Namespace, out: Outputs, worker_env: dict[str, str]
+    jobs: ModuleType,
+    queues: RunQueues,
+    args: argparse.Namespace,
+    out: Outputs,
+    worker_env: dict[str, str],
 ) -> dict[str, Any]:
     # The workers and this process (which declares the actors) see the same settings.
     settings = {
@@ -185,10 +223,15 @@ def _run_tour(
     started = time.monotonic()
     with (
         LocalSite(out.webhooks) as site,
-        _workers(args, worker_env, tracker.log) as workers,
+        _workers(args, worker_env, tracker.log, tour_queues(jobs, queues)) as workers,
         _progress() as progress,
     ):
-        send_tour(jobs, tracker, samples, site, out, load_jobs=args.jobs, work_ms=args.work_ms)
+        send_tour(
+            jobs, queues, tracker, samples, site, out, load_jobs=args.jobs, work_ms=args.work_ms
+        )
+        progress.console.print(
+            f"jobkit demo: sent {tracker.sent} jobs to this run's queues {queues.pattern}"
+        )
         tasks = {
             actor: progress.add_task(actor, total=counts.sent, retried=0, deferred=0, dead=0)
             for actor, counts in tracker.actors.items()
@@ -289,7 +332,34 @@ def _print_summary(summary: dict[str, Any]) -> None:
         rows,
     )
     stdout.print(f"outputs under {root}; worker log {summary['workers_log']}")
-    stdout.print("dead letters: jobkit dead-letters list   (replay, show and purge them too)")
+    stdout.print(
+        f"dead letters: {jobkit_command()} dead-letters list   (replay, show and purge them too)"
+    )
+
+
+def jobkit_command() -> str:
+    """``jobkit`` as the user can type it here: ``jobkit`` if that is this one on ``PATH``,
+    else the path this one was run by (``.venv/bin/jobkit``), else ``python -m jobkit.cli``.
+    """
+    script = Path(sys.argv[0])
+    if script.name == "jobkit":
+        on_path = shutil.which("jobkit")
+        if on_path is not None and Path(on_path).resolve() == script.resolve():
+            return "jobkit"
+        return shlex.quote(_as_typed(script))
+    python = sys.executable
+    if shutil.which(Path(python).name) != python:
+        python = _as_typed(Path(python))
+    return f"{shlex.quote(python)} -m jobkit.cli"
+
+
+def _as_typed(path: Path) -> str:
+    """``path`` relative to the working directory if it is under it, else absolute."""
+    path = path.absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _progress() -> Progress:
@@ -307,18 +377,27 @@ def _progress() -> Progress:
 
 @contextlib.contextmanager
 def _workers(
-    args: argparse.Namespace, env: dict[str, str], log_path: Path
+    args: argparse.Namespace, env: dict[str, str], log_path: Path, queues: list[str]
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``dramatiq actors`` in its own process group, always stopped on the way out."""
+    """The shipped jobs' workers on the run's ``queues`` only, in their own process group,
+    always stopped on the way out.
+    """
     command = [
-        sys.executable, "-m", "dramatiq", "actors",
+        sys.executable, "-m", "dramatiq", WORKER_APP,
         "--processes", str(args.processes),
         "--threads", str(args.threads),
         "--worker-shutdown-timeout", "10000",
+        "--queues", *queues,
     ]  # fmt: skip
     log_path.unlink(missing_ok=True)
     workers = start_process_group(command, env=env, log=log_path)
     try:
         yield workers
     finally:
-        stop_process_group(workers)
+        try:
+            stop_process_group(workers)
+        except BaseException:
+            # Ctrl-C again while they stop: stop them now rather than leave them running.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(workers.pid, signal.SIGKILL)
+            raise
