@@ -34,6 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from brokers import check_broker, embedded
 from brokers.processes import start_process_group, stop_process_group
+from brokers.queue_deletion import delete_queues
 from brokers.urls import BROKER_URL_ENV, configured_spec
 from jobkit import exit_codes
 from jobkit import settings as jobkit_settings
@@ -42,7 +43,7 @@ from jobkit.errors import JobkitError
 from jobkit.output import print_json, print_table, stderr, stdout
 
 from .local_site import LocalSite
-from .run_queues import RunQueues, delete_queues, refile_dead_letters
+from .run_queues import RunQueues, refile_dead_letters
 from .samples import make_samples
 from .tour import SHIPPED_JOBS, Outputs, send_tour, tour_queues
 from .tracker import Tracker

@@ -7,7 +7,7 @@ actors declare) and the demo's workers never take theirs; and whatever an interr
 run left queued, delayed or dead-lettered goes with its queues instead of running in
 the next run. Deleting whole queues is also the only way that works on RabbitMQ, which
 cannot remove single messages; on Redis and the embedded server it removes every key
-of the queue.
+of the queue (``brokers.queue_deletion``).
 
 The run's dead letters stay (``jobkit dead-letters list`` shows them), filed under
 their actors' own queues (:func:`refile_dead_letters`): those outlive the run, so
@@ -18,12 +18,9 @@ where a worker of the app takes them.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from dramatiq import Broker, Message
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.common import dq_name, xq_name
 
 from brokers.dead_letter_store import Filters, dead_letter_store, has_store
 
@@ -56,16 +53,6 @@ class RunQueues:
     def pattern(self) -> str:
         """How the run's queues are named, for people: ``jobkit-demo-<run>.*``."""
         return f"{PREFIX}{self.run}.*"
-
-
-def delete_queues(broker: Broker, names: Iterable[str]) -> None:
-    """Delete the queues ``names`` with everything in them: ready, delayed and dead-lettered."""
-    for name in sorted(names):
-        if isinstance(broker, RabbitmqBroker):
-            for queue in (name, dq_name(name), xq_name(name)):
-                broker.channel.queue_delete(queue)
-        else:
-            broker.flush(name)  # the queue and its delay queue; an empty Redis list is no key
 
 
 def refile_dead_letters(broker: Broker, queues: RunQueues) -> int:
