@@ -220,9 +220,11 @@ def test_the_demo_deletes_its_queues_and_files_its_dead_letters_under_the_actors
         timeout=240,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    found = re.search(r"this run's queues (jobkit-demo-[0-9a-f]+)\.\*", result.stderr)
-    assert found is not None, result.stderr[-3000:]
-    run = found.group(1)
+    summary = json.loads(result.stdout)
+    assert re.fullmatch(r"jobkit-demo-[0-9a-f]+\.\*", summary["queues"])
+    sent = summary["totals"]["sent"]
+    assert f"sent {sent} jobs to this run's queues {summary['queues']}" in result.stderr
+    run = summary["queues"].removesuffix(".*")
     if real_broker_kind == "rabbitmq":
         queues = {actor.queue_name for actor in actors.broker.actors.values()}
         left = [

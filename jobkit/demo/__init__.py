@@ -70,11 +70,14 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         "demo",
         help="run every shipped job end to end on the configured broker (embedded by default)",
         description="Generate sample photos and orders, start a local website and webhook "
-        "receiver, start `dramatiq actors` workers, send emails, thumbnails, a report, a "
-        "crawl, webhooks, periodic jobs and a bulk load of small jobs in a mix of priorities; "
-        "show live progress per actor and a summary (processed, retried, deferred by rate "
-        "limits, dead-lettered, where outputs were written). Some jobs fail on purpose and "
-        "end in the dead-letter store. Workers are stopped at the end, also on Ctrl-C.",
+        "receiver, start `dramatiq` workers of the shipped jobs, send emails, thumbnails, a "
+        "report, a crawl, webhooks, periodic jobs and a bulk load of small jobs in a mix of "
+        "priorities; show live progress per actor and a summary (processed, retried, "
+        "deferred by rate limits, dead-lettered, where outputs were written). Some jobs fail "
+        "on purpose and end in the dead-letter store. The run's jobs go to queues of its own "
+        "(jobkit-demo-<run>.<queue>), which only its workers consume: other workers on the "
+        "broker neither take them nor lose jobs to the demo. At the end, also on Ctrl-C, the "
+        "workers are stopped and those queues deleted with whatever they still hold.",
     )
     parser.add_argument(
         "--jobs", "-n", type=_count, default=500,
@@ -93,7 +96,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--output", "-o", type=Path, default=None, metavar="DIR",
         help="where samples and outputs go; cleared first if an earlier demo made it "
-        f"(default: $JOBKIT_HOME/{OUTPUT_IN_HOME}, i.e. ./.jobkit/{OUTPUT_IN_HOME})",
+        f"(default: $JOBKIT_HOME/{OUTPUT_IN_HOME}; JOBKIT_HOME defaults to ./.jobkit)",
     )  # fmt: skip
     parser.add_argument(
         "--timeout", type=float, default=120.0, metavar="S",
@@ -147,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
             # The workers are stopped: what they left in the run's queues goes too.
             _remove_run_queues(jobs.broker, queues)
         summary["broker"] = spec.display_url
+        summary["queues"] = queues.pattern
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
         if started_broker and not args.keep_broker and spec.home is not None:
@@ -259,7 +263,7 @@ def _run_tour(
             if time.monotonic() > deadline:
                 raise DemoError(
                     f"only {tracker.finished}/{tracker.sent} jobs finished within "
-                    f"{args.timeout:.0f} s; see `jobkit queues` and {tracker.log}"
+                    f"{args.timeout:.0f} s; see the workers' log {tracker.log}"
                 )
             time.sleep(0.1)
         elapsed = time.monotonic() - started
@@ -348,9 +352,8 @@ def jobkit_command() -> str:
         if on_path is not None and Path(on_path).resolve() == script.resolve():
             return "jobkit"
         return shlex.quote(_as_typed(script))
-    python = sys.executable
-    if shutil.which(Path(python).name) != python:
-        python = _as_typed(Path(python))
+    name = Path(sys.executable).name
+    python = name if shutil.which(name) == sys.executable else _as_typed(Path(sys.executable))
     return f"{shlex.quote(python)} -m jobkit.cli"
 
 
