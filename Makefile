@@ -10,16 +10,26 @@ TEST_PROCESSES ?= 2
 
 .PHONY: demo test lint services venv clean
 
-$(VENV)/.installed: pyproject.toml
+# The virtualenv, with a current pip; each install below starts from it.
+$(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "jobkit needs Python >= 3.11; set PYTHON=python3.11 or newer")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+# Two installs into the same virtualenv, each with its own stamp, so either target may come
+# first: `make demo` installs jobkit alone; `make test` (and lint) adds the test and
+# benchmark extras.
+$(VENV)/.installed-demo: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	@touch $@
 
 venv: $(VENV)/.installed
 
-demo: venv
+demo: $(VENV)/.installed-demo
 	$(VENV)/bin/jobkit demo
 
 services:

@@ -168,11 +168,11 @@ def _not_running(paths: EmbeddedPaths) -> str:
         return (
             f"no embedded broker has run under {paths.home}; run this where your workers run "
             "(or set JOBKIT_HOME or JOBKIT_BROKER_URL as they have it), or start one there "
-            "with `jobkit worker`"
+            "with `jobkit embedded start`"
         )
     return (
-        f"the embedded broker under {paths.home} is not running; start it with `jobkit worker` "
-        "(it keeps running after the worker stops, until `jobkit embedded stop`)"
+        f"the embedded broker under {paths.home} is not running; start it with "
+        "`jobkit embedded start` (a worker starts it too)"
     )
 
 

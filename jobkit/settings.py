@@ -504,8 +504,9 @@ class Settings(BaseSettings):
         "`embedded://[DIR]`. See [Brokers](brokers.md)",
         group=BROKER, shown="unset: embedded server under `JOBKIT_HOME`", secret="url")  # fmt: skip
     home: Path = _setting(
-        Path(".jobkit"), "data directory of the embedded server (relative paths resolve "
-        "against the working directory)", group=BROKER, shown="`./.jobkit`")  # fmt: skip
+        Path(".jobkit"), "data directory of the embedded server, and of `jobkit demo`'s "
+        "files (`demo/`); relative paths resolve against the working directory",
+        group=BROKER, shown="`./.jobkit`")  # fmt: skip
     app: Annotated[str, _check(_IMPORT_PATH.match, APP_ACCEPTED)] = _setting(
         "actors", "the app the `jobkit` commands load (`--app` wins): the module that "
         "declares your actors, or `module:attribute` naming its broker", group=BROKER)  # fmt: skip

@@ -65,6 +65,7 @@ __all__ = [
     "use_dispatch_script",
     "use_work_queue",
     "work_queue_of",
+    "worker_queues",
     "wrap_cli_logging",
 ]
 
@@ -119,6 +120,15 @@ def use_work_queue(worker: Worker, queue: PriorityQueue[Any]) -> None:
 def work_queue_of(worker: Worker) -> PriorityQueue[Any]:
     """``Worker.work_queue``: fetched messages waiting for a worker thread (paused by jobkit)."""
     return worker.work_queue
+
+
+def worker_queues(worker: Worker) -> frozenset[str]:
+    """The queues ``worker`` was told to consume (``Worker(queues=...)``, ``dramatiq -Q``).
+
+    ``Worker.consumer_whitelist``; empty when it consumes every declared queue. A
+    ``before_worker_boot`` hook that declares these makes the worker consume them.
+    """
+    return frozenset(worker.consumer_whitelist or ())
 
 
 #: Logger of every worker thread (``dramatiq.worker.WorkerThread``): skipped and failed jobs.

@@ -100,7 +100,7 @@ INSPECTING = [
     ["queues"],
     ["dead-letters", "list"],
     ["dead-letters", "show", "no-such-id"],
-    ["stats", "--url", "http://127.0.0.1:1/metrics", "--interval", "0.1"],
+    ["stats", "--url", "http://127.0.0.1:1/metrics", "--interval", "1"],
 ]
 
 
@@ -114,7 +114,7 @@ def test_an_inspecting_command_creates_no_home_and_starts_no_server(
     assert result.stderr.startswith("jobkit: error: ") and result.stderr.count("\n") == 1
     if command[0] != "stats":  # it reads the workers' metrics, never the broker
         assert f"no embedded broker has run under {target}" in result.stderr
-        assert "`jobkit worker`" in result.stderr
+        assert "`jobkit embedded start`" in result.stderr
     assert not (home / "missing").exists()
     assert valkey_servers_for(target) == []
 
@@ -130,11 +130,24 @@ def test_after_a_stop_inspecting_commands_leave_the_server_stopped(home: Path) -
         assert result.returncode == 1
         assert result.stderr == (
             f"jobkit: error: the embedded broker under {home} is not running; start it with "
-            "`jobkit worker` (it keeps running after the worker stops, until "
-            "`jobkit embedded stop`)\n"
+            "`jobkit embedded start` (a worker starts it too)\n"
         )
         assert valkey_servers_for(home) == []
         assert embedded.status(home)["running"] is False
+
+
+def test_embedded_start_starts_the_server_an_inspecting_command_asked_for(home: Path) -> None:
+    env = child_env(f"embedded://{home}")
+    refused = run_jobkit("queues", env=env)
+    assert refused.returncode == 1 and "`jobkit embedded start`" in refused.stderr
+    started = run_jobkit("embedded", "start", env=env)
+    assert started.returncode == 0, started.stderr
+    assert started.stdout == f"embedded server for {home} running\n"
+    assert len(valkey_servers_for(home)) == 1
+    assert run_jobkit("queues", env=env).returncode == 0
+    again = run_jobkit("embedded", "start", env=env)  # already running: the same server
+    assert again.returncode == 0 and len(valkey_servers_for(home)) == 1
+    assert embedded.stop(home)
 
 
 def test_outside_attach_only_a_stopped_server_is_started_again(home: Path) -> None:

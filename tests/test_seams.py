@@ -191,6 +191,37 @@ def test_a_worker_takes_the_work_queue_set_before_boot_and_names_its_loggers(
     )
 
 
+class DeclareWorkerQueues(Middleware):
+    def before_worker_boot(self, broker: Any, worker: Worker) -> None:
+        for name in dramatiq_seam.worker_queues(worker):
+            broker.declare_queue(name)
+
+
+def test_a_worker_consumes_the_queues_it_was_given_once_they_are_declared_before_boot() -> None:
+    """What `jobkit demo`'s workers rely on: `-Q` names queues no actor declares."""
+    broker = StubBroker(middleware=[])
+    ran: list[str] = []
+
+    @dramatiq.actor(broker=broker, queue_name="q")
+    def job(tag: str) -> None:
+        ran.append(tag)
+
+    assert dramatiq_seam.worker_queues(Worker(broker, worker_threads=1)) == frozenset()
+    broker.add_middleware(DeclareWorkerQueues())
+    worker = Worker(broker, queues={"run-1.q"}, worker_threads=1, worker_timeout=100)
+    assert dramatiq_seam.worker_queues(worker) == {"run-1.q"}
+    job.send("on the actor's queue")
+    worker.start()
+    try:
+        broker.enqueue(job.message("on the run's queue").copy(queue_name="run-1.q"))
+        broker.join("run-1.q", timeout=10_000)
+        worker.join()
+        assert ran == ["on the run's queue"]
+        assert set(worker.consumers) == {"run-1.q", "run-1.q.DQ"}
+    finally:
+        worker.stop()
+
+
 def test_the_retries_logger_is_named_as_the_seam_says() -> None:
     assert dramatiq.middleware.Retries().logger.name == dramatiq_seam.RETRIES_LOGGER
     assert JobkitRetries().logger.name == dramatiq_seam.RETRIES_LOGGER
@@ -503,6 +534,7 @@ PRIVATE_ATTRIBUTES = {
     "queues_pending",
     "scripts",
     "work_queue",
+    "consumer_whitelist",
     "setup_parent_logging",
     "setup_worker_logging",
     "setup_fork_logging",

@@ -1,4 +1,4 @@
-"""``jobkit embedded status|stop``: the embedded Valkey server behind the default broker."""
+"""``jobkit embedded status|start|stop``: the embedded Valkey server behind the default broker."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from jobkit.output import print_json, print_table, stdout
 def add_parser(subcommands: argparse._SubParsersAction) -> None:
     parser = subcommands.add_parser(
         "embedded",
-        help="status or stop of the embedded Valkey server",
-        description="Inspect or stop the embedded Valkey server used when JOBKIT_BROKER_URL "
-        "is unset or embedded://. It is started on demand by any jobkit process.",
+        help="status, start or stop of the embedded Valkey server",
+        description="Inspect, start or stop the embedded Valkey server used when "
+        "JOBKIT_BROKER_URL is unset or embedded://. Workers, `jobkit send` and the demo "
+        "start it on demand; inspecting commands (queues, dead-letters list/show) never do.",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     status = actions.add_parser(
@@ -29,6 +30,14 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     )
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.set_defaults(handler=run_status)
+    start = actions.add_parser(
+        "start",
+        help="start it in the background (if it is not running)",
+        description="Start the embedded server under JOBKIT_HOME (or the embedded:// "
+        "directory) in the background; it keeps running until `jobkit embedded stop`.",
+    )
+    start.add_argument("--json", action="store_true", help="print JSON instead of text")
+    start.set_defaults(handler=run_start)
     stop = actions.add_parser(
         "stop",
         help="shut it down (data kept on disk)",
@@ -56,6 +65,16 @@ def run_status(args: argparse.Namespace) -> int:
     else:
         print_table("embedded broker", ("fact", "value"), sorted(facts.items()))
     return exit_codes.OK if facts["running"] else exit_codes.NOT_RUNNING
+
+
+def run_start(args: argparse.Namespace) -> int:
+    home = _home()
+    paths = embedded.ensure_server(home)
+    if args.json:
+        print_json({"home": str(home), "socket": str(paths.socket), "running": True})
+    else:
+        stdout.print(f"embedded server for {home} running")
+    return 0
 
 
 def run_stop(args: argparse.Namespace) -> int:

@@ -1,11 +1,16 @@
 """``jobkit demo``: every shipped job end to end on the configured broker (embedded by default).
 
-The demo generates sample photos and orders, starts a local HTTP server (the
-site to scrape and the webhook receiver), starts ``dramatiq actors`` workers,
-sends the tour (:mod:`.tour`) from app code, shows live progress per actor
-from the workers' JSON job events, and prints what happened to every job and
-where the outputs are. Some jobs are meant to fail: they end in the
-dead-letter store, which ``jobkit dead-letters list`` shows.
+The demo generates sample photos and orders under ``$JOBKIT_HOME/demo``, starts a
+local HTTP server (the site to scrape and the webhook receiver), starts ``dramatiq``
+workers, sends the tour (:mod:`.tour`) from app code, shows live progress per actor
+from the workers' JSON job events, and prints what happened to every job and where the
+outputs are. Some jobs are meant to fail: they end in the dead-letter store, which
+``jobkit dead-letters list`` shows.
+
+Each run has queues of its own (:mod:`.run_queues`): its jobs go there, its workers
+(:mod:`.run_workers`) consume nothing else, and they are deleted when it ends, also on
+an error, Ctrl-C or SIGTERM. Other workers and jobs on the same broker neither see nor
+change a run.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -23,25 +29,30 @@ from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
 
+from dramatiq import Broker
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from brokers import check_broker, embedded
 from brokers.processes import start_process_group, stop_process_group
+from brokers.queue_deletion import delete_queues
 from brokers.urls import BROKER_URL_ENV, configured_spec
 from jobkit import exit_codes
 from jobkit import settings as jobkit_settings
 from jobkit.app import import_app
+from jobkit.arguments import whole
 from jobkit.errors import JobkitError
 from jobkit.output import print_json, print_table, stderr, stdout
 
 from .local_site import LocalSite
+from .run_queues import RunQueues, refile_dead_letters
 from .samples import make_samples
-from .tour import Outputs, send_tour
+from .tour import SHIPPED_JOBS, Outputs, send_tour, tour_queues
 from .tracker import Tracker
 
-DEFAULT_OUTPUT = ".jobkit/demo"
-#: The demo tours the jobs jobkit ships, whatever ``--app`` other commands use.
-SHIPPED_JOBS = "actors"
+#: What the demo's workers load: the shipped jobs, consuming the queues given with -Q.
+WORKER_APP = f"{__name__}.run_workers:broker"
+#: The default ``--output``, under ``JOBKIT_HOME``.
+OUTPUT_IN_HOME = "demo"
 #: Marks a directory as the demo's own, so a second run may clear it.
 MARKER = ".jobkit-demo"
 #: Limits low enough that the tour shows deferrals, high enough to stay quick.
@@ -60,33 +71,36 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         "demo",
         help="run every shipped job end to end on the configured broker (embedded by default)",
         description="Generate sample photos and orders, start a local website and webhook "
-        "receiver, start `dramatiq actors` workers, send emails, thumbnails, a report, a "
-        "crawl, webhooks, periodic jobs and a bulk load of small jobs in a mix of priorities; "
-        "show live progress per actor and a summary (processed, retried, deferred by rate "
-        "limits, dead-lettered, where outputs were written). Some jobs fail on purpose and "
-        "end in the dead-letter store. Workers are stopped at the end, also on Ctrl-C.",
+        "receiver, start `dramatiq` workers of the shipped jobs, send emails, thumbnails, a "
+        "report, a crawl, webhooks, periodic jobs and a bulk load of small jobs in a mix of "
+        "priorities; show live progress per actor and a summary (processed, retried, "
+        "deferred by rate limits, dead-lettered, where outputs were written). Some jobs fail "
+        "on purpose and end in the dead-letter store. The run's jobs go to queues of its own "
+        "(jobkit-demo-<run>.<queue>), which only its workers consume: other workers on the "
+        "broker neither take them nor lose jobs to the demo. At the end, also on Ctrl-C, the "
+        "workers are stopped and those queues deleted with whatever they still hold.",
     )
     parser.add_argument(
-        "--jobs", "-n", type=_count, default=500,
+        "--jobs", "-n", type=whole(0), default=500,
         help="small jobs in the bulk load, besides the tour (default: 500)",
     )  # fmt: skip
     parser.add_argument(
-        "--processes", "-p", type=_positive, default=2, help="worker processes (default: 2)"
+        "--processes", "-p", type=whole(1), default=2, help="worker processes (default: 2)"
     )
     parser.add_argument(
-        "--threads", "-t", type=_positive, default=8, help="threads per worker process (default: 8)"
+        "--threads", "-t", type=whole(1), default=8, help="threads per worker process (default: 8)"
     )
     parser.add_argument(
-        "--work-ms", type=int, default=20, metavar="MS",
+        "--work-ms", type=whole(0), default=20, metavar="MS",
         help="each small job sleeps a random 0..MS ms to stand in for I/O (default: 20)",
     )  # fmt: skip
     parser.add_argument(
-        "--output", "-o", type=Path, default=Path(DEFAULT_OUTPUT), metavar="DIR",
-        help=f"where samples and outputs go; cleared first if an earlier demo made it "
-        f"(default: {DEFAULT_OUTPUT})",
+        "--output", "-o", type=Path, default=None, metavar="DIR",
+        help="where samples and outputs go; cleared first if an earlier demo made it "
+        f"(default: $JOBKIT_HOME/{OUTPUT_IN_HOME}; JOBKIT_HOME defaults to ./.jobkit)",
     )  # fmt: skip
     parser.add_argument(
-        "--timeout", type=float, default=120.0, metavar="S",
+        "--timeout", type=whole(1), default=120, metavar="S",
         help="give up if jobs are still unfinished after S seconds (default: 120)",
     )  # fmt: skip
     parser.add_argument(
@@ -95,20 +109,6 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(handler=run)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -129,9 +129,15 @@ def run(args: argparse.Namespace) -> int:
         jobkit_settings.forget()  # read again, with the demo's values, when the jobs load
         jobs = import_app(SHIPPED_JOBS)
         check_broker(jobs.broker)  # a dead broker stops the demo before it writes anything
-        out = Outputs(_fresh_directory(args.output))
-        summary = _run_tour(jobs, args, out, worker_env)
+        out = Outputs(_fresh_directory(args.output or default_output()))
+        queues = RunQueues()
+        try:
+            summary = _run_tour(jobs, queues, args, out, worker_env)
+        finally:
+            # The workers are stopped: what they left in the run's queues goes too.
+            _remove_run_queues(jobs.broker, queues)
         summary["broker"] = spec.display_url
+        summary["queues"] = queues.pattern
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
         if started_broker and not args.keep_broker and spec.home is not None:
@@ -148,8 +154,28 @@ def run(args: argparse.Namespace) -> int:
     return exit_codes.OK
 
 
+def default_output() -> Path:
+    """``$JOBKIT_HOME/demo``: the demo's files live with the rest of jobkit's local data."""
+    return jobkit_settings.current().home.expanduser() / OUTPUT_IN_HOME
+
+
+def _remove_run_queues(broker: Broker, queues: RunQueues) -> None:
+    """Delete the run's queues, its dead letters filed under their actors' queues first;
+    if the broker refuses, say so in one line and go on.
+    """
+    try:
+        refile_dead_letters(broker, queues)
+        delete_queues(broker, queues.used)
+    except Exception as error:  # noqa: BLE001 - the run's own outcome matters more
+        stderr.print(
+            f"jobkit demo: could not delete this run's queues {queues.pattern} "
+            f"({type(error).__name__}: {error}); no worker consumes them, so they change "
+            "no later run"
+        )
+
+
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
+    raise SystemExit(exit_codes.TERMINATED)
 
 
 def _fresh_directory(path: Path) -> Path:
@@ -168,7 +194,11 @@ def _fresh_directory(path: Path) -> Path:
 
 
 def _run_tour(
-    jobs: ModuleType, args: argparse.Namespace, out: Outputs, worker_env: dict[str, str]
+    jobs: ModuleType,
+    queues: RunQueues,
+    args: argparse.Namespace,
+    out: Outputs,
+    worker_env: dict[str, str],
 ) -> dict[str, Any]:
     # The workers and this process (which declares the actors) see the same settings.
     settings = {
@@ -185,10 +215,15 @@ def _run_tour(
     started = time.monotonic()
     with (
         LocalSite(out.webhooks) as site,
-        _workers(args, worker_env, tracker.log) as workers,
+        _workers(args, worker_env, tracker.log, tour_queues(jobs, queues)) as workers,
         _progress() as progress,
     ):
-        send_tour(jobs, tracker, samples, site, out, load_jobs=args.jobs, work_ms=args.work_ms)
+        send_tour(
+            jobs, queues, tracker, samples, site, out, load_jobs=args.jobs, work_ms=args.work_ms
+        )
+        progress.console.print(
+            f"jobkit demo: sent {tracker.sent} jobs to this run's queues {queues.pattern}"
+        )
         tasks = {
             actor: progress.add_task(actor, total=counts.sent, retried=0, deferred=0, dead=0)
             for actor, counts in tracker.actors.items()
@@ -215,7 +250,7 @@ def _run_tour(
             if time.monotonic() > deadline:
                 raise DemoError(
                     f"only {tracker.finished}/{tracker.sent} jobs finished within "
-                    f"{args.timeout:.0f} s; see `jobkit queues` and {tracker.log}"
+                    f"{args.timeout:.0f} s; see the workers' log {tracker.log}"
                 )
             time.sleep(0.1)
         elapsed = time.monotonic() - started
@@ -289,7 +324,33 @@ def _print_summary(summary: dict[str, Any]) -> None:
         rows,
     )
     stdout.print(f"outputs under {root}; worker log {summary['workers_log']}")
-    stdout.print("dead letters: jobkit dead-letters list   (replay, show and purge them too)")
+    stdout.print(
+        f"dead letters: {jobkit_command()} dead-letters list   (replay, show and purge them too)"
+    )
+
+
+def jobkit_command() -> str:
+    """``jobkit`` as the user can type it here: ``jobkit`` if that is this one on ``PATH``,
+    else the path this one was run by (``.venv/bin/jobkit``), else ``python -m jobkit.cli``.
+    """
+    script = Path(sys.argv[0])
+    if script.name == "jobkit":
+        on_path = shutil.which("jobkit")
+        if on_path is not None and Path(on_path).resolve() == script.resolve():
+            return "jobkit"
+        return shlex.quote(_as_typed(script))
+    name = Path(sys.executable).name
+    python = name if shutil.which(name) == sys.executable else _as_typed(Path(sys.executable))
+    return f"{shlex.quote(python)} -m jobkit.cli"
+
+
+def _as_typed(path: Path) -> str:
+    """``path`` relative to the working directory if it is under it, else absolute."""
+    path = path.absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _progress() -> Progress:
@@ -307,18 +368,27 @@ def _progress() -> Progress:
 
 @contextlib.contextmanager
 def _workers(
-    args: argparse.Namespace, env: dict[str, str], log_path: Path
+    args: argparse.Namespace, env: dict[str, str], log_path: Path, queues: list[str]
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``dramatiq actors`` in its own process group, always stopped on the way out."""
+    """The shipped jobs' workers on the run's ``queues`` only, in their own process group,
+    always stopped on the way out.
+    """
     command = [
-        sys.executable, "-m", "dramatiq", "actors",
+        sys.executable, "-m", "dramatiq", WORKER_APP,
         "--processes", str(args.processes),
         "--threads", str(args.threads),
         "--worker-shutdown-timeout", "10000",
+        "--queues", *queues,
     ]  # fmt: skip
     log_path.unlink(missing_ok=True)
     workers = start_process_group(command, env=env, log=log_path)
     try:
         yield workers
     finally:
-        stop_process_group(workers)
+        try:
+            stop_process_group(workers)
+        except BaseException:
+            # Ctrl-C again while they stop: stop them now rather than leave them running.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(workers.pid, signal.SIGKILL)
+            raise
