@@ -85,6 +85,12 @@ def assert_exactly_the_planned_jobs(summary: dict[str, Any]) -> None:
 
 
 def queue_names(env: dict[str, str], cwd: Path) -> set[str]:
+    # The demo stopped the server it started; listing never starts one.
+    started = subprocess.run(
+        [*jobkit_command(), "embedded", "start"], env=env, cwd=cwd, capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
     listed = subprocess.run(
         [*jobkit_command(), "queues", "--json"],
         env=env,

@@ -41,7 +41,7 @@ from jobkit import settings as jobkit_settings
 from jobkit.app import import_app
 from jobkit.arguments import whole
 from jobkit.errors import JobkitError
-from jobkit.output import print_json, print_table, stderr, stdout
+from jobkit.output import print_json, print_line, print_table, stderr
 
 from .local_site import LocalSite
 from .run_queues import RunQueues, refile_dead_letters
@@ -140,13 +140,14 @@ def run(args: argparse.Namespace) -> int:
         summary["queues"] = queues.pattern
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
-        if started_broker and not args.keep_broker and spec.home is not None:
+        stopped_broker = started_broker and not args.keep_broker and spec.home is not None
+        if stopped_broker and spec.home is not None:
             embedded.stop(spec.home)
 
     if args.json:
         print_json(summary)
     else:
-        _print_summary(summary)
+        _print_summary(summary, stopped_broker=stopped_broker)
     if summary["surprises"]:
         for line in summary["surprises"]:
             stderr.print(f"jobkit demo: {line}")
@@ -290,7 +291,7 @@ def _describe_output(path: Path | None) -> dict[str, Any] | None:
     return {"path": str(path), "files": len(files)}
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
+def _print_summary(summary: dict[str, Any], *, stopped_broker: bool) -> None:
     root = Path(summary["output_dir"])
     rows = []
     for actor, counts in sorted(summary["actors"].items()):
@@ -299,9 +300,6 @@ def _print_summary(summary: dict[str, Any]) -> None:
         if output is not None:
             unit = f"{output['lines']} lines" if "lines" in output else f"{output['files']} files"
             where = f"{os.path.relpath(output['path'], root)} ({unit})"
-        dead = str(counts["dead_lettered"])
-        if counts["meant_to_fail"]:
-            dead += f" ({counts['meant_to_fail']} on purpose)"
         rows.append(
             (
                 actor,
@@ -309,7 +307,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
                 counts["processed"],
                 counts["retried"],
                 counts["deferred"],
-                dead,
+                counts["dead_lettered"],
                 where,
             )
         )
@@ -320,13 +318,21 @@ def _print_summary(summary: dict[str, Any]) -> None:
     )  # fmt: skip
     print_table(
         f"jobkit demo on {summary['broker']}: {summary['elapsed_s']} s",
-        ("actor", "sent", "processed", "retried", "deferred", "dead-lettered", "output"),
+        ("actor", "sent", "processed", "retried", "deferred", "dead letters", "output"),
         rows,
+        whole=("actor",),
     )
-    stdout.print(f"outputs under {root}; worker log {summary['workers_log']}")
-    stdout.print(
-        f"dead letters: {jobkit_command()} dead-letters list   (replay, show and purge them too)"
-    )
+    planned = {a: c["meant_to_fail"] for a, c in summary["actors"].items() if c["meant_to_fail"]}
+    if planned:
+        print_line(
+            f"dead-lettered on purpose: {sum(planned.values())} of "
+            f"{totals['dead_lettered']} ({', '.join(sorted(planned))})"
+        )
+    print_line(f"outputs under {root}; worker log {summary['workers_log']}")
+    jobkit = jobkit_command()
+    # The demo stopped the server it started; listing does not start one (it would linger).
+    start = f"{jobkit} embedded start && " if stopped_broker else ""
+    print_line(f"dead letters: {start}{jobkit} dead-letters list   (replay, show, purge them too)")
 
 
 def jobkit_command() -> str:
