@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import random
 import shutil
 import socket
 import subprocess
@@ -305,11 +306,41 @@ def interleaved(
     return {**samples, "ratios": ratios}
 
 
+#: Where :func:`free_port` looks: below the kernel's ephemeral range (32768 up, by default).
+PORT_RANGE = (20_000, 32_000)
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (for a metrics exporter)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A TCP port free on 127.0.0.1 now, for a server started next (a metrics exporter...).
+
+    Not one the kernel hands out itself (bind to port 0 does): those are ephemeral ports,
+    which any outgoing connection (a Redis or AMQP client) may take as its source port
+    before the server binds, so the server would find its port in use. A random port below
+    the ephemeral range is free until someone asks for that very port.
+    """
+    low, high = PORT_RANGE
+    ephemeral_low = _ephemeral_low()
+    high = min(high, ephemeral_low - 1)
+    if high < low:  # the whole range is ephemeral here: take what the kernel gives
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return int(probe.getsockname()[1])
+    for _ in range(200):
+        port = random.randint(low, high)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free TCP port on 127.0.0.1 in {low}-{high}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
 
 
 def noop_throughput(system: System, url: str, *, jobs: int) -> float:

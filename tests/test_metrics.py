@@ -499,7 +499,9 @@ def test_stats_counts_what_a_rate_limited_actor_ran_in_each_window(
         stop_process_group(workers)
     assert len(rows) == 3 and all(row["jobs_per_s"] > 0 for row in rows), rows
     for row in rows:
-        assert row["window_s"] == pytest.approx(1, abs=0.05), row
+        # Whole seconds between two writes: one, or more if a loaded process skipped a write.
+        assert row["window_s"] >= 0.95, row
+        assert row["window_s"] == pytest.approx(round(row["window_s"]), abs=0.05), row
         counted = round(row["jobs_per_s"] * row["window_s"])
         logged = _finished_between(output, "limited", row["until"] - row["window_s"], row["until"])
         # A job that ends at the edge of a window is counted just before its line is logged.
