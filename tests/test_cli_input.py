@@ -248,32 +248,32 @@ def test_an_ambiguous_or_unknown_id_is_one_line_exit_1_and_nothing_done(
 # ---------------------------------------------------------------- tables and --json
 
 
-def test_a_table_shows_ids_whole_at_120_columns(real_broker: Broker, real_broker_kind: str) -> None:
-    store = dead_letter_store(real_broker)
+def list_at_width(broker: Broker, kind: str, columns: int) -> tuple[str, dict[str, str]]:
+    """``dead-letters list`` of three dead letters with long errors, ``columns`` wide."""
+    store = dead_letter_store(broker)
     for dead_letter_id in (ID_1, ID_2, ID_3):
         add_dead_letter(store, dead_letter_id, exc_message="a long explanation " * 5)
-    env = child_env(url_for(real_broker_kind), **env_for(real_broker_kind), COLUMNS="120")
-    result = run_jobkit("dead-letters", "list", env=env)
-    assert result.returncode == 0, result.stderr
-    assert max(len(line) for line in result.stdout.splitlines()) <= 120, result.stdout
+    env = child_env(url_for(kind), **env_for(kind), COLUMNS=str(columns))
+    listed = run_jobkit("dead-letters", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert max(len(line) for line in listed.stdout.splitlines()) <= columns, listed.stdout
+    return listed.stdout, env
+
+
+def test_a_table_shows_ids_whole_at_120_columns(real_broker: Broker, real_broker_kind: str) -> None:
+    stdout, _ = list_at_width(real_broker, real_broker_kind, 120)
     for dead_letter_id in (ID_1, ID_2, ID_3):
-        assert dead_letter_id in result.stdout, result.stdout
+        assert dead_letter_id in stdout, stdout
 
 
 def test_at_80_columns_ids_shrink_to_prefixes_that_commands_take(
     real_broker: Broker, real_broker_kind: str
 ) -> None:
-    store = dead_letter_store(real_broker)
-    for dead_letter_id in (ID_1, ID_2, ID_3):
-        add_dead_letter(store, dead_letter_id, exc_message="a long explanation " * 5)
-    env = child_env(url_for(real_broker_kind), **env_for(real_broker_kind), COLUMNS="80")
-    listed = run_jobkit("dead-letters", "list", env=env)
-    assert listed.returncode == 0, listed.stderr
-    assert max(len(line) for line in listed.stdout.splitlines()) <= 80, listed.stdout
-    lines = listed.stdout.splitlines()[3:]  # after the title, the header and the rule
+    stdout, env = list_at_width(real_broker, real_broker_kind, 80)
+    lines = stdout.splitlines()[3:]  # after the title, the header and the rule
     # A row's first line starts with its id; the lines a long error wraps onto do not.
     shown_ids = [line.split()[0] for line in lines if line[:2].strip()]
-    assert len(shown_ids) == 3, listed.stdout
+    assert len(shown_ids) == 3, stdout
     for shown in shown_ids:
         assert len(shown) == SHORT_ID and "…" not in shown
         result = run_jobkit("dead-letters", "show", shown, "--json", env=env)
