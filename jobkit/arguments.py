@@ -17,14 +17,13 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn
-from urllib.parse import urlsplit
 
 from pydantic import TypeAdapter, ValidationError
 
 from brokers.id_prefixes import MIN_PREFIX
 from jobkit import exit_codes
 from jobkit.errors import JobkitError
-from jobkit.settings import Settings, parse_duration_ms
+from jobkit.settings import Settings, check_http_url, parse_duration_ms
 
 #: argparse's own wording of an error about one argument: ``argument --limit/-l: ...``.
 _ABOUT_ARGUMENT = re.compile(r"argument (\S+): (.*)", re.S)
@@ -157,15 +156,11 @@ def id_prefix(text: str) -> str:
 
 def http_url(text: str) -> str:
     """An ``http://`` or ``https://`` URL that names a host, e.g. a metrics endpoint."""
-    accepted = "an http(s):// URL with a host, e.g. http://127.0.0.1:9191/metrics"
+    accepted = "write http(s)://host:port/path, e.g. http://127.0.0.1:9191/metrics"
     try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise _bad(accepted, text) from None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise _bad(accepted, text)
-    return text
+        return check_http_url(text, "not an http(s) URL", accepted, likely="http")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{error}, got {text!r}") from None
 
 
 def json_object(text: str) -> dict[str, Any]:

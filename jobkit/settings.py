@@ -367,12 +367,16 @@ def _state_url(text: str) -> str:
     return text
 
 
-def _http_url(problem: str, accepted: str) -> BeforeValidator:
-    def parse(text: str) -> str:
-        _split_url(text, ("http", "https"), problem, accepted, lambda _: "https")
-        return text
+def check_http_url(text: str, problem: str, accepted: str, likely: str = "https") -> str:
+    """``text`` if it is an http(s) URL with a host; else ValueError: ``problem``, the
+    URL it likely meant (scheme ``likely``), ``accepted``. Also for URLs given on the
+    command line (``jobkit stats --url``)."""
+    _split_url(text, ("http", "https"), problem, accepted, lambda _: likely)
+    return text
 
-    return _parser(parse)
+
+def _http_url(problem: str, accepted: str) -> BeforeValidator:
+    return _parser(lambda text: check_http_url(text, problem, accepted))
 
 
 def _smtp_url(text: str) -> str:

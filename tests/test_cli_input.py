@@ -83,6 +83,9 @@ def one_error_line(result: Any) -> str:
         (["dead-letters"], "the following arguments are required: ACTION"),
         (["frob"], "COMMAND: invalid choice 'frob'; choose from demo, worker, "),
         (["demo", "--jobs", "-1"], "--jobs: must be a whole number >= 0"),
+        (["stats", "--url", "127.0.0.1:9191/metrics"],
+         "--url: no scheme; did you mean 'http://127.0.0.1:9191/metrics'?"),
+        (["stats", "--interval", "0.5"], "--interval: must be a whole number >= 1"),
         # found after parsing: still usage
         (["dead-letters", "replay", "abcd", "--all"],
          "give dead letter ids, or --all with filters, not both "
