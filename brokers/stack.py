@@ -15,6 +15,7 @@ from jobkit.settings import Settings, current
 from middleware.crash_loops import CrashLoops
 from middleware.dead_letters import DeadLetters
 from middleware.job_logging import JobLogging
+from middleware.job_records import JobRecords
 from middleware.load_throttle import LoadThrottle
 from middleware.message_guard import MessageGuard, MessageRules
 from middleware.metrics import Metrics
@@ -26,6 +27,7 @@ from middleware.retries import Retries
 from middleware.send_checks import SendChecks
 from middleware.sentry import SentryAlerts
 
+from .job_record_store import record_store_for
 from .liveness import keep_alive
 from .metrics_exporter import serve_metrics
 from .redis_limit_store import RedisLimitStore
@@ -51,8 +53,10 @@ def build_stack(settings: Settings | None = None) -> list[Middleware]:
     (and, hooks after running in reverse, ``job.failed`` before Retries
     schedules the next attempt). ``DeadLetters`` describes a rejected job in
     ``before_nack`` for the broker's consumer to store. Then ``LoadThrottle``
-    (inactive unless configured), and ``MessageGuard`` last, so it signs and
-    measures the message as every other ``before_enqueue`` left it.
+    (inactive unless configured), then ``JobRecords``: its claim is the last
+    hook before the job runs, and its ``after_process_message`` the first after
+    (a cancel's interrupt cannot land in another middleware); and ``MessageGuard``
+    last, so it signs and measures the message as every other ``before_enqueue`` left it.
     ``SentryAlerts`` sits after Retries for the same reason. With
     ``SENTRY_DSN`` set, sentry-sdk's own Dramatiq middleware goes first (it
     inserts itself when the broker is created).
@@ -83,5 +87,12 @@ def build_stack(settings: Settings | None = None) -> list[Middleware]:
         ),
         Metrics(on=settings.metrics, exporter=serve_metrics),
         LoadThrottle.from_settings(settings, keep_alive=keep_alive),
+        JobRecords(
+            record_store_for,
+            ttl_ms=settings.job_ttl,
+            result_max_bytes=settings.job_result_max_bytes,
+            redactor=redactor,
+            on=settings.job_records,
+        ),
         MessageGuard(MessageRules.from_settings(settings)),
     ]

@@ -470,6 +470,7 @@ def _setting(
 BROKER, MESSAGES, PRIORITIES, STATE = "Broker", "Messages", "Priorities", "State and limits"
 DEAD, PERIODIC, THROTTLE, LOGS = "Dead letters", "Periodic jobs", "Load throttling", "Logs"
 SENTRY, METRICS, EMAILS = "Sentry", "Metrics", "Jobs: emails"
+RECORDS = "Job records"
 IMAGES, SCRAPING = "Jobs: images", "Jobs: scraping"
 
 MODES, FORMATS = ("strict", "weighted"), ("json", "console")
@@ -573,6 +574,17 @@ class Settings(BaseSettings):
         "or raw bytes), from a background thread, 5 s timeout, one attempt",
         group=DEAD, secret="url")  # fmt: skip
 
+    job_records: Flag = _setting(
+        True, "keep a record of every job (state, attempts, result, progress) in the state "
+        "Redis, for `jobkit jobs` and the Python API; `0` turns records, cancelling and unique "
+        "jobs off. See [Job records](middleware/job-records.md)", group=RECORDS)  # fmt: skip
+    job_ttl: Annotated[int, _parser(parse_duration_ms)] = _setting(
+        86_400_000, "how long a finished job's record is kept (`30s`, `15m`, `12h`, `7d` or "
+        "milliseconds); unfinished jobs' records never expire", group=RECORDS,
+        shown="`24h`")  # fmt: skip
+    job_result_max_bytes: Annotated[int, _whole(0, "a number of bytes >= 0")] = _setting(
+        65_536, "largest result kept in a record (JSON bytes); a larger one is not kept and "
+        "waiting for it raises `ResultTooLarge`", group=RECORDS)  # fmt: skip
     cron: Annotated[dict[str, Annotated[str, _parser(check_cron)]], _lower_keys] = _setting(
         doc="a periodic job's schedule, by actor name in capitals (e.g. "
         "`JOBKIT_CRON_DAILY_SUMMARY`): a cron line of 5 fields or an `@daily`-style name, in "

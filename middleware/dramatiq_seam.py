@@ -19,6 +19,7 @@ Subclasses of the private consumers also rely on attributes their bases set
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.metadata
 import operator
 from collections.abc import Callable, Sequence
@@ -38,11 +39,14 @@ from dramatiq.brokers.rabbitmq import (
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import current_millis, dq_name
 from dramatiq.compat import StreamablePipe
+from dramatiq.threading import raise_thread_exception
 
 __all__ = [
     "CONSUMER_THREAD_LOGGER",
     "MAX_ENQUEUE_ATTEMPTS",
     "RETRIES_LOGGER",
+    "FAILED_MESSAGE_LOG",
+    "RESULT_DISCARDED_LOG",
     "SKIPPED_MESSAGE_LOG",
     "TESTED",
     "WORKER_THREAD_LOGGER",
@@ -52,11 +56,13 @@ __all__ = [
     "RedisBrokerBase",
     "RedisConsumerBase",
     "check_version",
+    "clear_in_thread",
     "cli_app",
     "delivery_tag",
     "is_cli_pipe",
     "pipeline_command",
     "queued_message",
+    "raise_in_thread",
     "redeclare_later",
     "redis_command",
     "script_command",
@@ -112,6 +118,16 @@ queued_message: Callable[[Any], MessageProxy] = operator.attrgetter("message")
 # The worker ------------------------------------------------------------------------------
 
 
+def raise_in_thread(thread_id: int, exception: type[BaseException]) -> None:
+    """Raise ``exception`` in a worker thread at its next bytecode, as TimeLimit does."""
+    raise_thread_exception(thread_id, exception)
+
+
+def clear_in_thread(thread_id: int) -> None:
+    """Drop an exception :func:`raise_in_thread` set that the thread has not raised yet."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
+
+
 def use_work_queue(worker: Worker, queue: PriorityQueue[Any]) -> None:
     """Replace ``Worker.work_queue``: threads started after ``before_worker_boot`` take it."""
     worker.work_queue = queue
@@ -139,6 +155,11 @@ CONSUMER_THREAD_LOGGER = "dramatiq.worker.ConsumerThread"
 RETRIES_LOGGER = "dramatiq.middleware.retries.Retries"
 #: The format of the WARNING a worker thread logs for a skipped job; its argument is the message.
 SKIPPED_MESSAGE_LOG = "Message %s was skipped."
+#: The ERROR (with the exception) a worker thread logs for a job that raised.
+FAILED_MESSAGE_LOG = "Failed to process message %s with unhandled exception."
+#: Part of the WARNING a worker thread logs when an actor returns a value and no Results
+#: middleware is installed (the actor's name is already formatted into it).
+RESULT_DISCARDED_LOG = "returned a value that is not None"
 
 
 # The dramatiq CLI ------------------------------------------------------------------------

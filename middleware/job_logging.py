@@ -1,7 +1,7 @@
 """Structured job logs: one event per lifecycle step, JSON or console, through structlog.
 
 Events (logger ``jobkit.jobs``): ``job.enqueued``, ``job.started``, ``job.succeeded``,
-``job.failed``, ``job.retry_scheduled``, ``job.skipped``, ``job.dead_lettered``
+``job.failed``, ``job.cancelled``, ``job.retry_scheduled``, ``job.skipped``, ``job.dead_lettered``
 (``job.rate_limited`` comes from RateLimits). Each carries ``ts`` (UTC ISO-8601),
 ``level``, ``message_id``, ``actor``, ``queue``, ``priority``, ``attempt``, and as
 relevant ``duration_ms``, ``queue_latency_ms``, ``exc_type``, ``exc_message``, plus
@@ -29,6 +29,7 @@ from .deliveries import ATTEMPTS, Attempt, job_fields
 from .dramatiq_seam import stuffed_exception, unwrap
 from .hooks import JobkitMiddleware
 from .job_events import JsonJobEvents, flush_job_events
+from .job_records import JobCancelled
 from .log_config import configure_logging, configure_structlog
 from .log_processors import CURRENT_JOB
 from .redaction import Redactor
@@ -150,6 +151,9 @@ class JobLogging(JobkitMiddleware):
             else:
                 fields = self._fields_of(attempt, message)
                 self.log.info("job.succeeded", **fields, duration_ms=_ms(duration))
+        elif isinstance(exception, JobCancelled):
+            self.log.info("job.cancelled", **self._fields_of(attempt, message),
+                          duration_ms=_ms(duration))  # fmt: skip
         else:
             if attempt is not None:
                 attempt.exception = exception

@@ -26,6 +26,8 @@ from dramatiq.broker import MessageProxy
 
 from jobkit.errors import BrokerBlocked, BrokerFull
 
+from .job_records import JobCancelled, cancel_requested
+
 #: Refusals that pass: the broker is unreachable, blocked by an alarm, or at its memory limit.
 TRANSIENT = (ConnectionError, dramatiq.errors.BrokerConnectionError, BrokerBlocked, BrokerFull)
 FIRST_RESEND_S = 0.5
@@ -43,8 +45,8 @@ class Retries(dramatiq.middleware.Retries):
         result: Any | None = None,
         exception: BaseException | None = None,
     ) -> None:
-        if exception is None:
-            return
+        if exception is None or cancel_requested() or isinstance(exception, JobCancelled):
+            return  # a cancelled job is not retried (nor dead-lettered): it ends cancelled
         super().after_process_message(
             _UntilAccepted(broker, self), message, result=result, exception=exception
         )

@@ -138,8 +138,9 @@ def flush(broker: Broker) -> None:
                 store.client.delete(key)
     if has_store(broker):
         client = dead_letter_store(broker).client
-        for key in client.scan_iter(match="jobkit:dl:*"):
-            client.delete(key)
+        for pattern in ("jobkit:dl:*", "jobkit:job:*", "jobkit:jobs:*"):
+            for key in client.scan_iter(match=pattern):
+                client.delete(key)
     for queue in set(broker.get_declared_queues()) | set(TEST_QUEUES):
         broker.declare_queue(queue)
     try:

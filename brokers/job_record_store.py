@@ -1,0 +1,455 @@
+"""Job records in the state Redis: written in batches, read by id, listed by index, cancelled.
+
+One store per broker, in the Redis that holds jobkit's state (the broker's own
+on Redis and embedded; ``JOBKIT_STATE_URL`` on RabbitMQ). The key layout is
+documented at the top of ``lua/job_records.lua``, which applies every change
+atomically. :class:`JobRecordStore` is both the sink ``JobRecords`` writes to
+and the Python API behind ``jobkit jobs``; :func:`job_records` gives a broker's.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import dramatiq
+import redis
+from dramatiq import Broker
+
+from jobkit.errors import JobkitError
+from middleware.dead_letters import iso_ms
+from middleware.job_records import JobRecords
+from middleware.record_sink import FINISHED, STATES, SUCCEEDED, ClaimReply, Event
+
+from .id_prefixes import MIN_PREFIX, UnknownId, match_pattern, resolve_id
+from .record_writer import RecordWriter
+
+logger = logging.getLogger("jobkit.job_records")
+
+RECORD, INDEX = "jobkit:job:", "jobkit:jobs:"
+#: Where a running job's cancel is announced to the workers.
+CANCEL_CHANNEL = "jobkit:jobs:cancel"
+LISTING = "jobkit jobs list"
+_SCRIPT = (Path(__file__).parent / "lua" / "job_records.lua").read_text()
+_WAIT_FIRST_S, _WAIT_MAX_S = 0.02, 0.5
+
+
+class JobRecordError(JobkitError):
+    """A job-record operation cannot be done (no store, no such job)."""
+
+
+class UnknownJob(JobRecordError):
+    """No record has this id: never sent, or finished longer ago than ``JOBKIT_JOB_TTL``."""
+
+
+class WaitTimeout(JobRecordError):
+    """The job did not finish within the time given."""
+
+
+class JobFailed(JobRecordError):
+    """The job failed for good (dead-lettered), was cancelled or skipped; ``record`` says how."""
+
+    def __init__(self, message: str, record: JobRecord) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+class ResultTooLarge(JobRecordError):
+    """The job succeeded but its result was not kept (over the size limit, or not JSON)."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    number: int
+    started_at: str | None
+    ended_at: str | None
+    duration_ms: float | None
+    host: str | None
+    pid: int | None
+    #: succeeded, failed, cancelled, interrupted (its worker died), or running.
+    outcome: str
+    error_type: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+
+
+@dataclass(frozen=True)
+class StateChange:
+    state: str
+    at: str | None
+    #: For delayed, deferred and retrying: when it is due; else what happened, if said.
+    due_at: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """Everything kept about one job (``jobkit jobs show``)."""
+
+    id: str
+    state: str
+    actor: str | None
+    queue: str | None
+    priority: str | None
+    args: Any
+    enqueued_at: str | None
+    state_at: str | None
+    #: When a delayed, deferred or retrying job is due.
+    due_at: str | None
+    history: list[StateChange]
+    attempts: list[Attempt]
+    progress: dict[str, Any] | None = None
+    has_result: bool = False
+    result_error: str | None = None
+    dead_letter: str | None = None
+    reason: str | None = None
+    replayed_from: str | None = None
+    replayed_as: str | None = None
+    group: str | None = None
+    cancel_requested_at: str | None = None
+    #: The result as stored (JSON text); :meth:`result` decodes it.
+    result_json: str | None = field(default=None, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+    def result(self) -> Any:
+        """The job's return value, if it succeeded and its actor keeps results."""
+        if self.result_error:
+            raise ResultTooLarge(f"job {self.id}: {self.result_error}")
+        return json.loads(self.result_json) if self.result_json is not None else None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("result_json")
+        data["result"] = json.loads(self.result_json) if self.result_json is not None else None
+        return data
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    """What cancelling one job did."""
+
+    id: str
+    #: cancelled (it will never run), cancelling (running: interrupted now),
+    #: finished (it had already ended: nothing changed), not_found.
+    outcome: str
+    #: The state it was in.
+    state: str | None = None
+
+
+class JobRecordStore:
+    """Job records of one broker: the sink ``JobRecords`` writes to, and the Python API."""
+
+    def __init__(self, client: redis.Redis, *, ttl_ms: int) -> None:
+        self.client = client
+        self.ttl_ms = ttl_ms
+        self._script = client.register_script(_SCRIPT)
+        self.writer = RecordWriter(self._apply)
+        self._watcher: threading.Thread | None = None
+
+    # -- the sink ------------------------------------------------------------------
+
+    def put(self, event: Event) -> None:
+        self.writer.put(event)
+
+    def claim(self, event: Event) -> ClaimReply:
+        return self.writer.claim(event)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        return self.writer.flush(timeout)
+
+    def _apply(self, events: Sequence[Event]) -> list[ClaimReply]:
+        args: list[Any] = ["apply", self.ttl_ms]
+        for event in events:
+            fields = event.fields
+            args += (
+                event.kind,
+                event.job_id,
+                event.actor,
+                event.queue,
+                event.ordinal,
+                event.state,
+                event.ms,
+                event.note,
+                len(fields),
+            )
+            for name, value in fields.items():
+                args += (name, value)
+        replies = self._script(args=args)
+        return [r if isinstance(r, int) else r.decode() for r in replies]
+
+    def watch_cancels(self, on_cancel: Callable[[str], None]) -> None:
+        if self._watcher is not None and self._watcher.is_alive():
+            return
+        self._watcher = threading.Thread(
+            target=self._watch, args=(on_cancel,), name="jobkit-job-cancels", daemon=True
+        )
+        self._watcher.start()
+
+    def _watch(self, on_cancel: Callable[[str], None]) -> None:
+        failing = False
+        while True:
+            try:
+                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(CANCEL_CHANNEL)
+                if failing:
+                    logger.warning("job records: cancel announcements are received again")
+                    failing = False
+                for item in pubsub.listen():
+                    if item.get("type") == "message":
+                        on_cancel(item["data"].decode())
+            except redis.RedisError as error:
+                if not failing:
+                    logger.warning(
+                        "job records: cannot receive cancel announcements (%s); retrying", error
+                    )
+                    failing = True
+                time.sleep(1.0)
+
+    # -- reading -------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord | None:
+        raw = cast("dict[bytes, bytes]", self.client.hgetall(RECORD + job_id))
+        return _record(job_id, raw) if raw and b"state" in raw else None
+
+    def show(self, job_id: str) -> JobRecord:
+        """The record of ``job_id`` (or a unique prefix of it); :class:`UnknownJob` if none."""
+        self.flush()
+        record = self.get(job_id)
+        if record is None:
+            record = self.get(self.resolve(job_id))
+        if record is None:
+            raise UnknownJob(f"no job {job_id!r} (see {LISTING})")
+        return record
+
+    def resolve(self, prefix: str) -> str:
+        """The id of the one job whose id is or starts with ``prefix`` (git-style)."""
+        if self.client.exists(RECORD + prefix):
+            return prefix
+        found: set[str] = set()
+        if len(prefix) >= MIN_PREFIX:
+            for state in STATES:
+                for member, _score in self.client.zscan_iter(
+                    f"{INDEX}s:{state}", match=match_pattern(prefix), count=1000
+                ):
+                    found.add(member.decode())
+        try:
+            return resolve_id(prefix, sorted(found), what="job", listing=LISTING)
+        except UnknownId as error:
+            raise UnknownJob(str(error)) from None
+
+    def find(
+        self,
+        *,
+        states: Iterable[str] = (),
+        actor: str | None = None,
+        queue: str | None = None,
+        since_ms: int | None = None,
+        before_ms: int | None = None,
+        limit: int = 50,
+    ) -> list[JobRecord]:
+        """Jobs matching every filter given, most recently changed first, at most ``limit``.
+
+        ``since_ms`` and ``before_ms`` bound when each job entered its current
+        state; pass the last listed job's ``state_at`` (as ms) as ``before_ms``
+        for the next page.
+        """
+        self.flush()
+        wanted = list(states) or list(STATES)
+        if actor is not None:
+            keys = [f"{INDEX}a:{actor}:{state}" for state in wanted]
+        elif queue is not None:
+            keys = [f"{INDEX}q:{queue}:{state}" for state in wanted]
+        else:
+            keys = [f"{INDEX}s:{state}" for state in wanted]
+        high = f"({before_ms}" if before_ms is not None else "+inf"
+        low = since_ms if since_ms is not None else "-inf"
+        found: list[JobRecord] = []
+        offset, batch = 0, max(limit, 50)
+        while len(found) < limit:
+            with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.zrevrangebyscore(key, high, low, start=offset, num=batch, withscores=True)
+                pages = pipe.execute()
+            merged = list(heapq.merge(*pages, key=lambda item: -item[1]))
+            if not merged:
+                break
+            ids = [member.decode() for member, _score in merged]
+            for record in self._records(ids):
+                if queue is not None and record.queue != queue:
+                    continue
+                found.append(record)
+            if all(len(page) < batch for page in pages):
+                break
+            offset += batch
+        # Each index was read from the same offset: re-sort what was gathered.
+        found.sort(key=lambda record: record.state_at or "", reverse=True)
+        return found[:limit]
+
+    def _records(self, ids: list[str]) -> list[JobRecord]:
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(RECORD + job_id)
+            raws = pipe.execute()
+        return [_record(job_id, raw) for job_id, raw in zip(ids, raws, strict=True) if raw]
+
+    def group(self, group_id: str) -> list[JobRecord]:
+        """The jobs of a group or pipeline, in the order they were sent."""
+        self.flush()
+        members = cast("list[bytes]", self.client.zrange(f"{INDEX}g:{group_id}", 0, -1))
+        ids = [member.decode() for member in members]
+        return self._records(ids)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Any:
+        """Wait until the job finishes; its result if it succeeded.
+
+        Raises :class:`JobFailed` (failed, cancelled or skipped; ``.record`` has
+        the attempts and errors), :class:`WaitTimeout`, :class:`UnknownJob`,
+        :class:`ResultTooLarge`.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        record = self.show(job_id)
+        pause = _WAIT_FIRST_S
+        while not record.finished:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"job {record.id} is still {record.state} after {timeout:g} s")
+            sleep = pause if deadline is None else min(pause, max(deadline - time.monotonic(), 0))
+            time.sleep(sleep)
+            pause = min(pause * 2, _WAIT_MAX_S)
+            found = self.get(record.id)
+            if found is None:
+                raise UnknownJob(f"job {record.id}'s record expired while waiting")
+            record = found
+        if record.state != SUCCEEDED:
+            raise JobFailed(_failure_line(record), record)
+        return record.result()
+
+    # -- cancelling ----------------------------------------------------------------
+
+    def cancel(self, job_ids: Iterable[str]) -> list[CancelOutcome]:
+        """Cancel each job: a queued, delayed, deferred or retrying one never runs, a
+        running one is interrupted (or told, if cooperative); a finished one is left as is."""
+        self.flush()
+        outcomes = []
+        for job_id in job_ids:
+            try:
+                resolved = self.resolve(job_id)
+            except UnknownJob:
+                outcomes.append(CancelOutcome(job_id, "not_found"))
+                continue
+            reply = self._script(
+                args=["cancel", resolved, int(time.time() * 1000), CANCEL_CHANNEL, self.ttl_ms]
+            )
+            words = [part.decode() for part in reply]
+            outcomes.append(CancelOutcome(resolved, words[0], words[1] if len(words) > 1 else None))
+        return outcomes
+
+
+def _failure_line(record: JobRecord) -> str:
+    if record.state == "failed":
+        last = record.attempts[-1] if record.attempts else None
+        error = f": {last.error_type}: {last.error}" if last and last.error_type else ""
+        where = f"; dead letter {record.dead_letter}" if record.dead_letter else ""
+        return f"job {record.id} failed ({record.reason or 'failed'}){error}{where}"
+    return f"job {record.id} was {record.state}"
+
+
+def _record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
+    data = {key.decode(): value.decode() for key, value in raw.items()}
+    history = []
+    entries = []
+    for position, entry in enumerate(filter(None, data.get("history", "").split(";"))):
+        step, entered, at, said = (entry.split("|", 3) + ["", "", ""])[:4]
+        entries.append((int(step or 0), position, entered, int(at or 0), said))
+    entries.sort()
+    for _step, _position, state, ms, note in entries:
+        due = int(note) if note.isdigit() else None
+        history.append(StateChange(state, iso_ms(ms), iso_ms(due), None if due else note or None))
+    runs = int(data.get("runs", "0") or 0)
+    attempts = []
+    numbers = sorted(int(key[1:]) for key in data if key[:1] == "a" and key[1:].isdigit())
+    state = data.get("state", "")
+    for number in numbers:
+        attempt = json.loads(data[f"a{number}"])
+        ended = attempt.get("end")
+        outcome = attempt.get("outcome")
+        if outcome is None:
+            running = number == max(runs, number) and state == "running"
+            outcome = "running" if running else "interrupted"
+        attempts.append(
+            Attempt(
+                number=number,
+                started_at=iso_ms(attempt.get("start")),
+                ended_at=iso_ms(ended),
+                duration_ms=attempt.get("ms"),
+                host=attempt.get("host"),
+                pid=attempt.get("pid"),
+                outcome=outcome,
+                error_type=attempt.get("error_type"),
+                error=attempt.get("error"),
+                traceback=attempt.get("traceback"),
+            )
+        )
+    last_note = history[-1] if history else None
+    due_at = last_note.due_at if last_note and last_note.state == state else None
+    return JobRecord(
+        id=job_id,
+        state=state,
+        actor=data.get("actor"),
+        queue=data.get("queue"),
+        priority=data.get("priority"),
+        args=json.loads(data["args"]) if "args" in data else None,
+        enqueued_at=iso_ms(int(data["enqueued_at"])) if "enqueued_at" in data else None,
+        state_at=iso_ms(int(data["state_at"])) if "state_at" in data else None,
+        due_at=due_at,
+        history=history,
+        attempts=attempts,
+        progress=json.loads(data["progress"]) if "progress" in data else None,
+        has_result="result" in data,
+        result_error=data.get("result_error"),
+        dead_letter=data.get("dead_letter"),
+        reason=data.get("reason"),
+        replayed_from=data.get("replayed_from"),
+        replayed_as=data.get("replayed_as"),
+        group=data.get("group"),
+        cancel_requested_at=iso_ms(int(data["cancel"])) if "cancel" in data else None,
+        result_json=data.get("result"),
+    )
+
+
+_stores: weakref.WeakKeyDictionary[redis.Redis, JobRecordStore] = weakref.WeakKeyDictionary()
+_stores_lock = threading.Lock()
+
+
+def record_store_for(client: redis.Redis, *, ttl_ms: int) -> JobRecordStore:
+    """The one store (and writer) per state Redis client in this process."""
+    with _stores_lock:
+        store = _stores.get(client)
+        if store is None:
+            store = _stores[client] = JobRecordStore(client, ttl_ms=ttl_ms)
+        return store
+
+
+def job_records(broker: Broker | None = None) -> JobRecordStore:
+    """The job records of ``broker`` (default: Dramatiq's global broker).
+
+    Raises :class:`JobRecordError` when records are off or there is no state Redis.
+    """
+    if broker is None:
+        broker = dramatiq.get_broker()
+    middleware = next((m for m in broker.middleware if isinstance(m, JobRecords)), None)
+    if middleware is None:
+        raise JobRecordError("this broker keeps no job records (JobRecords is not installed)")
+    if middleware.sink is None:
+        raise JobRecordError(f"no job records: {middleware.no_store_reason}")
+    return cast("JobRecordStore", middleware.sink)

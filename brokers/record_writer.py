@@ -1,0 +1,162 @@
+"""Job events written in batches by one thread per process, off the jobs' threads.
+
+Job threads hand events over (:meth:`RecordWriter.put`) and go on; a claim
+(a worker about to run a job) waits for its answer, which comes with the next
+batch, so under load many claims share one round trip. As with acks
+(``brokers/acks.py``), a batch goes out as soon as the previous one returned.
+
+When the store does not answer, jobs go on: claims are answered "unknown" at
+once (the job runs), events wait (at most ``MAX_PENDING``; older ones are
+dropped) and are retried. One WARNING says when records stopped being
+written and one when they are written again, not one per job.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from middleware.record_sink import CLAIM, EVENT, ClaimReply, Event
+
+logger = logging.getLogger("jobkit.job_records")
+
+MAX_BATCH = 500
+MAX_PENDING = 100_000
+RETRY_INTERVAL_S = 0.5
+#: How long a claim waits for its batch before the job runs unrecorded.
+CLAIM_TIMEOUT_S = 5.0
+
+Apply = Callable[[Sequence[Event]], list[ClaimReply]]
+
+
+class _Waiter:
+    __slots__ = ("done", "reply")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.reply: ClaimReply = None
+
+
+class RecordWriter:
+    """Collects events; a daemon thread applies them in batches with ``apply``."""
+
+    def __init__(self, apply: Apply, *, name: str = "jobkit-job-records") -> None:
+        self._apply = apply
+        self._name = name
+        self._lock = threading.Lock()
+        self._has_work = threading.Condition(self._lock)
+        self._all_written = threading.Condition(self._lock)
+        self._pending: list[tuple[Event, _Waiter | None]] = []
+        self._writing = 0
+        self._down = False
+        self._dropped = 0
+        self._pid = -1
+        self._thread: threading.Thread | None = None
+
+    @property
+    def down(self) -> bool:
+        """The store did not answer the last batch."""
+        return self._down
+
+    def put(self, event: Event) -> None:
+        with self._lock:
+            self._ensure_thread()
+            self._add((event, None))
+
+    def claim(self, event: Event) -> ClaimReply:
+        if self._down:  # record it when the store is back; the job runs meanwhile
+            self.put(dataclasses.replace(event, kind=EVENT))
+            return None
+        waiter = _Waiter()
+        with self._lock:
+            self._ensure_thread()
+            self._add((event, waiter))
+        if not waiter.done.wait(CLAIM_TIMEOUT_S):
+            return None
+        return waiter.reply
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every event handed over so far is written (or dropped)."""
+        with self._lock:
+            if self._thread is None or self._pid != os.getpid():
+                return not self._pending
+            return self._all_written.wait_for(
+                lambda: not self._pending and not self._writing, timeout
+            )
+
+    def _add(self, item: tuple[Event, _Waiter | None]) -> None:
+        pending = self._pending
+        if len(pending) >= MAX_PENDING:
+            del pending[:MAX_BATCH]
+            self._dropped += MAX_BATCH
+        pending.append(item)
+        self._has_work.notify()
+
+    def _ensure_thread(self) -> None:
+        # Lazily, and again in a forked child (threads do not survive a fork).
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._pending, self._writing = [], 0
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+            atexit.register(self.flush, 2.0)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending:
+                    self._has_work.wait()
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                self._writing = len(batch)
+            try:
+                replies = self._apply([event for event, _ in batch])
+            except Exception as error:  # noqa: BLE001 - any failure: jobs go on, retry later
+                self._failed(batch, error)
+                time.sleep(RETRY_INTERVAL_S)
+                continue
+            if self._down:
+                self._down = False
+                logger.warning(
+                    "job records are written again%s",
+                    f" ({self._dropped} events were dropped meanwhile)" if self._dropped else "",
+                )
+                self._dropped = 0
+            answers = iter(replies)
+            for event, waiter in batch:
+                if waiter is not None:
+                    waiter.reply = next(answers, None)
+                    waiter.done.set()
+                elif event.kind == CLAIM:
+                    next(answers, None)  # a claim re-sent after an outage: nobody waits
+            with self._lock:
+                self._writing = 0
+                if not self._pending:
+                    self._all_written.notify_all()
+
+    def _failed(self, batch: list[tuple[Event, _Waiter | None]], error: Exception) -> None:
+        if not self._down:
+            self._down = True
+            logger.warning(
+                "job records: the state store does not answer (%s: %s); jobs run on, and "
+                "their records are written when it answers again (best effort)",
+                type(error).__name__,
+                str(error).splitlines()[0] if str(error) else "",
+            )
+        kept: list[tuple[Event, _Waiter | None]] = []
+        for event, waiter in batch:
+            if waiter is not None:  # the job runs now; its start is recorded later
+                waiter.done.set()
+                event = dataclasses.replace(event, kind=EVENT)
+            kept.append((event, None))
+        with self._lock:
+            self._pending[:0] = kept
+            self._writing = 0
+            over = len(self._pending) - MAX_PENDING
+            if over > 0:
+                del self._pending[:over]
+                self._dropped += over

@@ -1,0 +1,86 @@
+"""What :class:`~middleware.job_records.JobRecords` hands a record store, and a job's states.
+
+The store itself (``brokers/job_record_store.py``) keeps records in the state
+Redis; ``build_stack`` hands ``JobRecords`` a factory that makes one from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+QUEUED, DELAYED, DEFERRED = "queued", "delayed", "deferred"
+RUNNING, RETRYING = "running", "retrying"
+SUCCEEDED, FAILED, CANCELLED, SKIPPED = "succeeded", "failed", "cancelled", "skipped"
+#: Every state a job's record can be in, in lifecycle order.
+STATES = (QUEUED, DELAYED, DEFERRED, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELLED, SKIPPED)
+#: States a job does not leave: its record then expires after ``JOBKIT_JOB_TTL``.
+FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED, SKIPPED})
+
+#: Event kinds: a state change (with fields), a claim (a worker about to run the job,
+#: answered at once), a patch (fields of an existing record: progress, links).
+EVENT, CLAIM, PATCH = "e", "c", "p"
+
+# Phases of one attempt, in the order they happen (see :func:`ordinal`).
+CREATED, DUE, DEFERRAL, START, END, RETRY = range(6)
+
+
+def ordinal(attempt: int, deferrals: int, phase: int) -> int:
+    """Where an event falls in a job's life, comparable across processes and hosts.
+
+    Events of one job come from the sender and from workers, through separate
+    batches, so they may reach the store out of order; the store keeps the
+    state of the event with the highest ordinal, and sorts the history by it.
+    ``attempt`` counts runs (1 for the first), ``deferrals`` the rate-limit
+    deferrals so far; both only grow.
+    """
+    return attempt * 1_000_000_000 + deferrals * 10 + phase
+
+
+@dataclass(slots=True)
+class Event:
+    """One change to a job's record (``kind``: :data:`EVENT`, :data:`CLAIM`, :data:`PATCH`)."""
+
+    kind: str
+    job_id: str
+    actor: str
+    queue: str
+    ordinal: int
+    #: The state the job enters ("" for none).
+    state: str
+    #: When it happened, ms since the epoch.
+    ms: int
+    #: What the state adds: an eta (ms) for delayed, deferred and retrying; a reason.
+    note: str = ""
+    #: Record fields to set; a name starting with "?" is set only if absent, and in a
+    #: claim "a#" names the attempt being started.
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+#: A claim's answer: the attempt number to run, ``"cancelled"``, ``"done:<state>"``, or
+#: None when the store did not answer (the job runs; its record is best effort).
+ClaimReply = int | str | None
+
+
+class RecordSink(Protocol):
+    """Where job events go: written off the job's thread, in batches."""
+
+    def put(self, event: Event) -> None:
+        """Hand over an event; it is written with the next batch."""
+        ...
+
+    def claim(self, event: Event) -> ClaimReply:
+        """Record that a worker is starting the job, unless it was cancelled or finished."""
+        ...
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every event handed over so far is written; False on timeout."""
+        ...
+
+    def watch_cancels(self, on_cancel: Callable[[str], None]) -> None:
+        """Call ``on_cancel(job_id)`` (from the sink's thread) when a running job is cancelled."""
+        ...
+
+
+SinkFactory = Callable[..., RecordSink]
