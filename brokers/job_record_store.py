@@ -156,6 +156,7 @@ class JobRecordStore:
         self._script = client.register_script(_SCRIPT)
         self.writer = RecordWriter(self._apply)
         self._watcher: threading.Thread | None = None
+        self._watching = threading.Event()
 
     # -- the sink ------------------------------------------------------------------
 
@@ -191,23 +192,29 @@ class JobRecordStore:
     def watch_cancels(self, on_cancel: Callable[[str], None]) -> None:
         if self._watcher is not None and self._watcher.is_alive():
             return
+        self._watching.set()
         self._watcher = threading.Thread(
             target=self._watch, args=(on_cancel,), name="jobkit-job-cancels", daemon=True
         )
         self._watcher.start()
 
+    def stop_watching(self) -> None:
+        """End the cancel watcher (a worker shutting down); it exits within a second."""
+        self._watching.clear()
+
     def _watch(self, on_cancel: Callable[[str], None]) -> None:
         failing = False
-        while True:
+        while self._watching.is_set():
             try:
-                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(CANCEL_CHANNEL)
-                if failing:
-                    logger.warning("job records: cancel announcements are received again")
-                    failing = False
-                for item in pubsub.listen():
-                    if item.get("type") == "message":
-                        on_cancel(item["data"].decode())
+                with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    pubsub.subscribe(CANCEL_CHANNEL)
+                    if failing:
+                        logger.warning("job records: cancel announcements are received again")
+                        failing = False
+                    while self._watching.is_set():
+                        item = pubsub.get_message(timeout=1.0)
+                        if item is not None and item.get("type") == "message":
+                            on_cancel(item["data"].decode())
             except redis.RedisError as error:
                 if not failing:
                     logger.warning(

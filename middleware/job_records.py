@@ -197,6 +197,7 @@ class JobRecords(JobkitMiddleware):
 
     def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         if self.sink is not None:
+            self.sink.stop_watching()
             self.sink.flush(5.0)
 
     # -- sending -------------------------------------------------------------------

@@ -82,5 +82,9 @@ class RecordSink(Protocol):
         """Call ``on_cancel(job_id)`` (from the sink's thread) when a running job is cancelled."""
         ...
 
+    def stop_watching(self) -> None:
+        """Stop calling ``on_cancel`` (the worker is shutting down)."""
+        ...
+
 
 SinkFactory = Callable[..., RecordSink]
