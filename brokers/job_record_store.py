@@ -190,9 +190,9 @@ class JobRecordStore:
         return [r if isinstance(r, int) else r.decode() for r in replies]
 
     def watch_cancels(self, on_cancel: Callable[[str], None]) -> None:
+        self._watching.set()  # first: a watcher still winding down carries on
         if self._watcher is not None and self._watcher.is_alive():
             return
-        self._watching.set()
         self._watcher = threading.Thread(
             target=self._watch, args=(on_cancel,), name="jobkit-job-cancels", daemon=True
         )
