@@ -580,7 +580,8 @@ class Settings(BaseSettings):
         "jobs off. See [Job records](middleware/job-records.md)", group=RECORDS)  # fmt: skip
     job_ttl: Annotated[int, _parser(parse_duration_ms)] = _setting(
         86_400_000, "how long a finished job's record is kept (`30s`, `15m`, `12h`, `7d` or "
-        "milliseconds); unfinished jobs' records never expire", group=RECORDS,
+        "milliseconds; `0` keeps them forever); unfinished jobs' records never expire",
+        group=RECORDS,
         shown="`24h`")  # fmt: skip
     job_result_max_bytes: Annotated[int, _whole(0, "a number of bytes >= 0")] = _setting(
         65_536, "largest result kept in a record (JSON bytes); a larger one is not kept and "
