@@ -27,7 +27,26 @@ from dramatiq import Broker
 from jobkit.errors import JobkitError
 from middleware.dead_letters import iso_ms
 from middleware.job_records import JobRecords
-from middleware.record_sink import FINISHED, STATES, SUCCEEDED, ClaimReply, Event
+from middleware.record_sink import (
+    ACTOR,
+    ARGS,
+    DEAD_LETTER,
+    ENQUEUED_AT,
+    FINISHED,
+    GROUP,
+    PRIORITY,
+    PROGRESS,
+    QUEUE,
+    REASON,
+    REPLAYED_AS,
+    REPLAYED_FROM,
+    RESULT,
+    RESULT_ERROR,
+    STATES,
+    SUCCEEDED,
+    ClaimReply,
+    Event,
+)
 
 from .id_prefixes import MIN_PREFIX, UnknownId, match_pattern, resolve_id
 from .record_writer import RecordWriter
@@ -226,8 +245,8 @@ class JobRecordStore:
     # -- reading -------------------------------------------------------------------
 
     def get(self, job_id: str) -> JobRecord | None:
-        raw = cast("dict[bytes, bytes]", self.client.hgetall(RECORD + job_id))
-        return _record(job_id, raw) if raw and b"state" in raw else None
+        raw = cast("bytes | None", self.client.get(RECORD + job_id))
+        return _record(job_id, raw) if raw is not None else None
 
     def show(self, job_id: str) -> JobRecord:
         """The record of ``job_id`` (or a unique prefix of it); :class:`UnknownJob` if none."""
@@ -276,14 +295,15 @@ class JobRecordStore:
         if actor is not None:
             keys = [f"{INDEX}a:{actor}:{state}" for state in wanted]
         elif queue is not None:
-            keys = [f"{INDEX}q:{queue}:{state}" for state in wanted]
+            actors = [name for name, its in self.actors().items() if its == queue]
+            keys = [f"{INDEX}a:{name}:{state}" for name in actors for state in wanted]
         else:
             keys = [f"{INDEX}s:{state}" for state in wanted]
         high = f"({before_ms}" if before_ms is not None else "+inf"
         low = since_ms if since_ms is not None else "-inf"
         found: list[JobRecord] = []
         offset, batch = 0, max(limit, 50)
-        while len(found) < limit:
+        while keys and len(found) < limit:
             with self.client.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.zrevrangebyscore(key, high, low, start=offset, num=batch, withscores=True)
@@ -303,10 +323,15 @@ class JobRecordStore:
         found.sort(key=lambda record: record.state_at or "", reverse=True)
         return found[:limit]
 
+    def actors(self) -> dict[str, str]:
+        """Every actor with records, and its queue."""
+        found = cast("dict[bytes, bytes]", self.client.hgetall(f"{INDEX}actors"))
+        return {name.decode(): queue.decode() for name, queue in found.items()}
+
     def _records(self, ids: list[str]) -> list[JobRecord]:
         with self.client.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.hgetall(RECORD + job_id)
+                pipe.get(RECORD + job_id)
             raws = pipe.execute()
         return [_record(job_id, raw) for job_id, raw in zip(ids, raws, strict=True) if raw]
 
@@ -371,66 +396,61 @@ def _failure_line(record: JobRecord) -> str:
     return f"job {record.id} was {record.state}"
 
 
-def _record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
-    data = {key.decode(): value.decode() for key, value in raw.items()}
+def _record(job_id: str, raw: bytes) -> JobRecord:
+    doc = json.loads(raw)
+    state = doc.get("st", "")
+    # Stable sort by ordinal: events of one job may have been written out of order.
+    entries = sorted(doc.get("h", []), key=lambda entry: entry[0])
     history = []
-    entries = []
-    for position, entry in enumerate(filter(None, data.get("history", "").split(";"))):
-        step, entered, at, said = (entry.split("|", 3) + ["", "", ""])[:4]
-        entries.append((int(step or 0), position, entered, int(at or 0), said))
-    entries.sort()
-    for _step, _position, state, ms, note in entries:
-        due = int(note) if note.isdigit() else None
-        history.append(StateChange(state, iso_ms(ms), iso_ms(due), None if due else note or None))
-    runs = int(data.get("runs", "0") or 0)
+    for _step, entered, ms, note in entries:
+        due = int(note) if isinstance(note, str) and note.isdigit() else None
+        history.append(StateChange(entered, iso_ms(ms), iso_ms(due), None if due else note or None))
+    runs = int(doc.get("ru", 0))
     attempts = []
-    numbers = sorted(int(key[1:]) for key in data if key[:1] == "a" and key[1:].isdigit())
-    state = data.get("state", "")
-    for number in numbers:
-        attempt = json.loads(data[f"a{number}"])
-        ended = attempt.get("end")
-        outcome = attempt.get("outcome")
-        if outcome is None:
-            running = number == max(runs, number) and state == "running"
-            outcome = "running" if running else "interrupted"
+    for key in sorted(doc.get("at", {}), key=int):
+        attempt = doc["at"][key]
+        number = int(key)
+        outcome = attempt.get("o")
+        if outcome is None:  # no end: running, or its worker died (a later run exists)
+            outcome = "running" if number >= runs and state == "running" else "interrupted"
+        host, _, pid = str(attempt.get("w", "")).rpartition(":")
         attempts.append(
             Attempt(
                 number=number,
-                started_at=iso_ms(attempt.get("start")),
-                ended_at=iso_ms(ended),
-                duration_ms=attempt.get("ms"),
-                host=attempt.get("host"),
-                pid=attempt.get("pid"),
+                started_at=iso_ms(attempt.get("s")),
+                ended_at=iso_ms(attempt.get("e")),
+                duration_ms=attempt.get("d"),
+                host=host or None,
+                pid=int(pid) if pid.isdigit() else None,
                 outcome=outcome,
-                error_type=attempt.get("error_type"),
-                error=attempt.get("error"),
-                traceback=attempt.get("traceback"),
+                error_type=attempt.get("et"),
+                error=attempt.get("em"),
+                traceback=attempt.get("tb"),
             )
         )
-    last_note = history[-1] if history else None
-    due_at = last_note.due_at if last_note and last_note.state == state else None
+    last = history[-1] if history else None
     return JobRecord(
         id=job_id,
         state=state,
-        actor=data.get("actor"),
-        queue=data.get("queue"),
-        priority=data.get("priority"),
-        args=json.loads(data["args"]) if "args" in data else None,
-        enqueued_at=iso_ms(int(data["enqueued_at"])) if "enqueued_at" in data else None,
-        state_at=iso_ms(int(data["state_at"])) if "state_at" in data else None,
-        due_at=due_at,
+        actor=doc.get(ACTOR),
+        queue=doc.get(QUEUE),
+        priority=doc.get(PRIORITY),
+        args=json.loads(doc[ARGS]) if ARGS in doc else None,
+        enqueued_at=iso_ms(int(doc[ENQUEUED_AT])) if ENQUEUED_AT in doc else None,
+        state_at=iso_ms(doc.get("sa")),
+        due_at=last.due_at if last is not None and last.state == state else None,
         history=history,
         attempts=attempts,
-        progress=json.loads(data["progress"]) if "progress" in data else None,
-        has_result="result" in data,
-        result_error=data.get("result_error"),
-        dead_letter=data.get("dead_letter"),
-        reason=data.get("reason"),
-        replayed_from=data.get("replayed_from"),
-        replayed_as=data.get("replayed_as"),
-        group=data.get("group"),
-        cancel_requested_at=iso_ms(int(data["cancel"])) if "cancel" in data else None,
-        result_json=data.get("result"),
+        progress=json.loads(doc[PROGRESS]) if PROGRESS in doc else None,
+        has_result=RESULT in doc,
+        result_error=doc.get(RESULT_ERROR),
+        dead_letter=doc.get(DEAD_LETTER),
+        reason=doc.get(REASON),
+        replayed_from=doc.get(REPLAYED_FROM),
+        replayed_as=doc.get(REPLAYED_AS),
+        group=doc.get(GROUP),
+        cancel_requested_at=iso_ms(doc.get("cx")),
+        result_json=doc.get(RESULT),
     )
 
 

@@ -52,18 +52,32 @@ from .dramatiq_seam import (
 from .hooks import JobkitMiddleware
 from .rate_limits import DEFERRALS
 from .record_sink import (
+    ACTOR,
+    ARGS,
     CANCELLED,
     CLAIM,
     CREATED,
+    DEAD_LETTER,
     DEFERRAL,
     DEFERRED,
     DELAYED,
     DUE,
     END,
+    ENQUEUED_AT,
     EVENT,
     FAILED,
+    GROUP,
+    NEW_ATTEMPT,
     PATCH,
+    PRIORITY,
+    PROGRESS,
+    QUEUE,
     QUEUED,
+    REASON,
+    REPLAYED_AS,
+    REPLAYED_FROM,
+    RESULT,
+    RESULT_ERROR,
     RETRY,
     RETRYING,
     RUNNING,
@@ -73,12 +87,15 @@ from .record_sink import (
     Event,
     RecordSink,
     SinkFactory,
+    attempt_field,
+    once,
     ordinal,
 )
 from .redaction import Redactor
 
 logger = logging.getLogger("jobkit.job_records")
 HOST = socket.gethostname()
+SEPARATORS = (",", ":")
 #: A job skipped because it was cancelled, or had already finished (a redelivery).
 CANCELLED_NOTE, FINISHED_NOTE = "cancelled", "finished"
 COOPERATIVE = "cooperative"
@@ -141,7 +158,7 @@ def report_progress(fraction: float, message: str = "") -> None:
     )
     if now - delivery.get("progress_written", 0.0) >= PROGRESS_EVERY_S:
         delivery["progress_written"] = now
-        delivery["sink"].put(_patch(delivery, {"progress": delivery.pop("progress")}))
+        delivery["sink"].put(_patch(delivery, {PROGRESS: delivery.pop("progress")}))
 
 
 def _now_ms() -> int:
@@ -243,8 +260,8 @@ class JobRecords(JobkitMiddleware):
             event = Event(EVENT, *at, step, DELAYED if delay else QUEUED, now, due, fields)
             replayed_from = options.get("replayed_from")
             if replayed_from:
-                fields["?replayed_from"] = str(replayed_from)
-                link = {"replayed_as": message.message_id}
+                fields[once(REPLAYED_FROM)] = str(replayed_from)
+                link = {REPLAYED_AS: message.message_id}
                 sink.put(Event(PATCH, str(replayed_from), *at[1:], 0, "", now, fields=link))
         sink.put(event)
 
@@ -252,20 +269,20 @@ class JobRecords(JobkitMiddleware):
         """The fields that say what the job is, set by whichever event arrives first."""
         options = message.options
         fields = {
-            "?actor": message.actor_name,
-            "?queue": q_name(message.queue_name),
-            "?priority": str(options.get("priority", "normal")),
-            "?enqueued_at": str(options.get("enqueued_at") or message.message_timestamp or now),
+            once(ACTOR): message.actor_name,
+            once(QUEUE): q_name(message.queue_name),
+            once(PRIORITY): str(options.get("priority", "normal")),
+            once(ENQUEUED_AT): str(options.get("enqueued_at") or message.message_timestamp or now),
         }
         if message.args or message.kwargs:
             actor = broker.actors.get(message.actor_name)
             arguments = self.redactor.arguments(
                 actor.fn if actor else None, tuple(message.args), dict(message.kwargs)
             )
-            fields["?args"] = json.dumps(arguments, default=str)
+            fields[once(ARGS)] = json.dumps(arguments, default=str)
         group = options.get("job_group") or (options.get("group_info") or {}).get("group_id")
         if group:
-            fields["?group"] = str(group)
+            fields[once(GROUP)] = str(group)
         return fields
 
     # -- running -------------------------------------------------------------------
@@ -283,8 +300,8 @@ class JobRecords(JobkitMiddleware):
         start_ms = int(started * 1000)
         queue = q_name(inner.queue_name)
         fields = self._identity(broker, inner, start_ms)
-        fields["a#"] = json.dumps(
-            {"n": number, "start": start_ms, "host": HOST, "pid": os.getpid()}
+        fields[NEW_ATTEMPT] = json.dumps(
+            {"s": start_ms, "w": f"{HOST}:{os.getpid()}"}, separators=SEPARATORS
         )
         base = ordinal(number, deferrals, 0)
         reply = sink.claim(
@@ -343,21 +360,20 @@ class JobRecords(JobkitMiddleware):
                 clear_in_thread(thread)  # an interrupt that came as the job returned
         end = time.time()
         cancelled = isinstance(exception, JobCancelled) or bool(delivery.get("cancel"))
+        # Short keys (every record repeats them): start, end, duration ms, where, outcome.
         attempt: dict[str, Any] = {
-            "n": delivery["number"],
-            "start": delivery["start_ms"],
-            "end": int(end * 1000),
-            "ms": round((end - delivery["started"]) * 1000, 2),
-            "host": HOST,
-            "pid": os.getpid(),
-            "outcome": CANCELLED if cancelled else FAILED if exception is not None else SUCCEEDED,
+            "s": delivery["start_ms"],
+            "e": int(end * 1000),
+            "d": round((end - delivery["started"]) * 1000, 2),
+            "w": f"{HOST}:{os.getpid()}",
+            "o": CANCELLED if cancelled else FAILED if exception is not None else SUCCEEDED,
         }
         if exception is not None and not cancelled:
-            attempt["error_type"] = type(exception).__name__
-            attempt["error"] = clip(str(self.redactor.value(str(exception))), MAX_MESSAGE_CHARS)
+            attempt["et"] = type(exception).__name__
+            attempt["em"] = clip(str(self.redactor.value(str(exception))), MAX_MESSAGE_CHARS)
             formatted = "".join(traceback.format_exception(exception))
-            attempt["traceback"] = formatted[-TRACEBACK_CHARS:]
-        delivery["attempt_json"] = json.dumps(attempt)
+            attempt["tb"] = formatted[-TRACEBACK_CHARS:]
+        delivery["attempt_json"] = json.dumps(attempt, separators=SEPARATORS)
         delivery["cancelled"] = cancelled
         delivery["exception"] = exception
         if exception is None and not cancelled and delivery["store_results"]:
@@ -367,20 +383,20 @@ class JobRecords(JobkitMiddleware):
         try:
             encoded = json.dumps(result)
         except (TypeError, ValueError) as error:
-            return {"result_error": f"the result is not JSON ({error}); not kept"}
+            return {RESULT_ERROR: f"the result is not JSON ({error}); not kept"}
         if len(encoded.encode()) > self.result_max_bytes:
             return {
-                "result_error": f"the result is {len(encoded.encode())} bytes, over "
+                RESULT_ERROR: f"the result is {len(encoded.encode())} bytes, over "
                 f"JOBKIT_JOB_RESULT_MAX_BYTES={self.result_max_bytes}; not kept"
             }
-        return {"result": encoded}
+        return {RESULT: encoded}
 
     def _attempt_fields(self, delivery: dict[str, Any]) -> dict[str, str]:
         number = delivery["attempt"]
-        fields = {f"a{number}" if isinstance(number, int) else "a$": delivery["attempt_json"]}
+        fields = {attempt_field(number): delivery["attempt_json"]}
         progress = delivery.get("progress")
         if progress:
-            fields["progress"] = progress
+            fields[PROGRESS] = progress
         return fields
 
     def after_ack(self, broker: Broker, message: MessageProxy) -> None:
@@ -413,7 +429,7 @@ class JobRecords(JobkitMiddleware):
             state, fields = (FAILED, self._failure_fields(dead_letter)) if dead_letter else (
                 SKIPPED, {})  # fmt: skip
             sink.put(Event(EVENT, inner.message_id, inner.actor_name, queue, step, state,
-                           _now_ms(), fields.get("reason", ""), fields))  # fmt: skip
+                           _now_ms(), fields.get(REASON, ""), fields))  # fmt: skip
             return
         if delivery.get("written") and dead_letter is None:
             return  # retrying: the attempt went with the retry
@@ -429,12 +445,12 @@ class JobRecords(JobkitMiddleware):
         else:
             state = FAILED  # an exception, acked without a retry: not dead-lettered
         sink.put(Event(EVENT, delivery["message_id"], delivery["actor"], queue,
-                       delivery["base"] + END, state, _now_ms(), fields.get("reason", ""),
+                       delivery["base"] + END, state, _now_ms(), fields.get(REASON, ""),
                        fields))  # fmt: skip
 
     @staticmethod
     def _failure_fields(dead_letter: dict[str, Any]) -> dict[str, str]:
-        return {"dead_letter": str(dead_letter["id"]), "reason": str(dead_letter["reason"])}
+        return {DEAD_LETTER: str(dead_letter["id"]), REASON: str(dead_letter["reason"])}
 
     # -- cancelling ----------------------------------------------------------------
 

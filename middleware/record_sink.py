@@ -22,6 +22,24 @@ FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED, SKIPPED})
 #: answered at once), a patch (fields of an existing record: progress, links).
 EVENT, CLAIM, PATCH = "e", "c", "p"
 
+# Record fields, short because every record repeats them (lua/job_records.lua has the rest).
+ACTOR, QUEUE, PRIORITY, ENQUEUED_AT, ARGS, GROUP = "ac", "qu", "pr", "eq", "ar", "gr"
+REPLAYED_FROM, REPLAYED_AS, PROGRESS = "rf", "ra", "pg"
+RESULT, RESULT_ERROR, DEAD_LETTER, REASON = "rs", "re", "dl", "rn"
+#: A new attempt (numbered by the claim) and the latest one (its number unknown).
+NEW_ATTEMPT, LAST_ATTEMPT = "at#", "at$"
+
+
+def once(name: str) -> str:
+    """A field set only if the record does not have it yet (whichever event comes first)."""
+    return "?" + name
+
+
+def attempt_field(number: int | None) -> str:
+    """The field of attempt ``number`` (None: the latest)."""
+    return f"at:{number}" if number is not None else LAST_ATTEMPT
+
+
 # Phases of one attempt, in the order they happen (see :func:`ordinal`).
 CREATED, DUE, DEFERRAL, START, END, RETRY = range(6)
 
@@ -53,8 +71,7 @@ class Event:
     ms: int
     #: What the state adds: an eta (ms) for delayed, deferred and retrying; a reason.
     note: str = ""
-    #: Record fields to set; a name starting with "?" is set only if absent, and in a
-    #: claim "a#" names the attempt being started.
+    #: Record fields to set (the names above; see :func:`once`, :func:`attempt_field`).
     fields: dict[str, str] = field(default_factory=dict)
 
 

@@ -261,11 +261,11 @@ def test_events_arriving_out_of_order_keep_the_latest_state(records: JobRecordSt
     job = str(uuid.uuid4())
     at = (job, "a", "q")
     # A worker's claim and end reach the store before the sender's "queued".
-    records.put(Event("e", *at, ordinal(1, 0, 3), "running", 2, fields={"?actor": "a"}))
+    records.put(Event("e", *at, ordinal(1, 0, 3), "running", 2, fields={"?pr": "high"}))
     records.put(Event("e", *at, ordinal(1, 0, 4), "succeeded", 3))
-    records.put(Event("e", *at, ordinal(1, 0, 0), "queued", 1, fields={"?queue": "q"}))
+    records.put(Event("e", *at, ordinal(1, 0, 0), "queued", 1, fields={"?pr": "low"}))
     records.flush()
     record = records.show(job)
     assert record.state == "succeeded"
     assert states(record) == ["queued", "running", "succeeded"]
-    assert (record.actor, record.queue) == ("a", "q")
+    assert (record.actor, record.queue, record.priority) == ("a", "q", "high")

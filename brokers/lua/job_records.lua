@@ -1,124 +1,148 @@
 -- Job records (brokers/job_record_store.py): apply a batch of events, or cancel a job.
 --
--- Keys (prefix jobkit:job): a hash per job, "jobkit:job:<id>", with fields
---   state, seq (ordinal of the event that set it), state_at (ms), history
---   ("ordinal|state|ms|note" entries joined by ";"), runs (claims so far),
---   a<k> (attempt k as JSON), cancel (ms a cancel was asked), actor, queue,
---   priority, args, enqueued_at, group, result, result_error, progress, ...
--- and sorted sets, member = job id, score = ms the job entered its state:
---   jobkit:jobs:s:<state>, jobkit:jobs:a:<actor>:<state>, jobkit:jobs:q:<queue>:<state>
---   jobkit:jobs:g:<group> (score = enqueued ms): a group's or pipeline's jobs.
--- A finished job's hash expires after the TTL; its index entries are trimmed by
--- score as later jobs finish. Unfinished jobs' hashes never expire.
+-- Keys: one string per job, "jobkit:job:<id>", holding a JSON object with short keys
+-- (a small string costs far less memory than a hash whose values pass 64 bytes):
+--   st state, sq ordinal of the event that set it, sa ms it was entered, h history
+--   ([ordinal, state, ms, note] entries), ru claims so far, at attempts by number
+--   ({s start, e end, d duration ms, w "host:pid", o outcome, et/em/tb error}),
+--   cx ms a cancel was asked, and the fields events set (FIELDS in job_record_store.py).
+-- Sorted sets, member = job id, score = ms the job entered its state:
+--   jobkit:jobs:s:<state>, jobkit:jobs:a:<actor>:<state>;
+--   jobkit:jobs:g:<group> (score = ms sent): a group's or pipeline's jobs.
+-- jobkit:jobs:actors (hash actor -> queue): an actor's jobs all go to its queue, so a
+-- queue's jobs are its actors' (one index entry less per job: a third of its memory).
+-- A finished job's string expires after the TTL (0: never); its index entries are
+-- trimmed by score as later jobs finish. Unfinished jobs' strings never expire.
 --
 -- ARGV[1] = "apply": ARGV[2] = TTL ms, then events of 9 + 2n items each:
 --   kind ("e" event, "c" claim, "p" patch of an existing record), id, actor, queue,
---   ordinal, state ("" = none), ms, note, n, then n field/value pairs. A field
---   named "?x" is set only if absent; "a#" names a new attempt's field (numbered by
---   the claim, else counted here) and "a$" the latest attempt's.
+--   ordinal, state ("" = none), ms, note, n, then n field/value pairs. A field named
+--   "?x" is set only if absent; "at#" names a new attempt (numbered by the claim, else
+--   counted here), "at:<n>" attempt n, "at$" the latest; attempts' values are JSON.
 --   Returns one reply per claim: the attempt number, or "done:<state>" (a finished
 --   job: do not run it again), or "cancelled" (a cancel came first: do not run it).
--- ARGV[1] = "cancel": ARGV[2] = id, ARGV[3] = ms, ARGV[4] = channel. Returns
---   {"not_found"}, {"finished", state}, {"cancelling"} (running: the worker is told
---   on the channel) or {"cancelled", state} (it will never run).
+-- ARGV[1] = "cancel": ARGV[2] = id, ARGV[3] = ms, ARGV[4] = channel, ARGV[5] = TTL ms.
+--   Returns {"not_found"}, {"finished", state}, {"cancelling"} (running: the worker is
+--   told on the channel) or {"cancelled", state} (it will never run).
 
 local P, I = "jobkit:job:", "jobkit:jobs:"
 local TERMINAL = {succeeded = true, failed = true, cancelled = true, skipped = true}
 local ttl = 0
 local trim = {}
 
-local function indexes(actor, queue, state)
-    return {I .. "s:" .. state, I .. "a:" .. actor .. ":" .. state, I .. "q:" .. queue .. ":" .. state}
+local function indexes(doc, state)
+    return {I .. "s:" .. state, I .. "a:" .. (doc.ac or "") .. ":" .. state}
 end
 
--- Moves the job between state indexes, sets its state; a finished one starts to expire.
-local function enter(key, id, actor, queue, old, state, ordinal, ms)
-    if old then
-        for _, index in ipairs(indexes(actor, queue, old)) do
+local function load(key)
+    local raw = redis.call("get", key)
+    if raw then
+        return cjson.decode(raw)
+    end
+    return nil
+end
+
+local function save(key, doc)
+    if TERMINAL[doc.st] and ttl > 0 and not doc.ex then
+        doc.ex = 1  -- its expiry is set: later patches keep it (KEEPTTL)
+        redis.call("set", key, cjson.encode(doc), "PX", ttl)
+    else
+        redis.call("set", key, cjson.encode(doc), "KEEPTTL")
+    end
+end
+
+-- Moves the job between state indexes and sets its state.
+local function enter(doc, id, state, ordinal, ms)
+    if doc.st then
+        for _, index in ipairs(indexes(doc, doc.st)) do
             redis.call("zrem", index, id)
         end
     end
-    for _, index in ipairs(indexes(actor, queue, state)) do
+    for _, index in ipairs(indexes(doc, state)) do
         redis.call("zadd", index, ms, id)
         if TERMINAL[state] then
             trim[index] = true
         end
     end
-    redis.call("hset", key, "state", state, "seq", ordinal, "state_at", ms)
-    if TERMINAL[state] and ttl > 0 then
-        redis.call("pexpire", key, ttl)
-    end
-end
-
-local function remember(key, ordinal, state, ms, note)
-    local entry = ordinal .. "|" .. state .. "|" .. ms .. "|" .. note
-    local history = redis.call("hget", key, "history")
-    redis.call("hset", key, "history", history and (history .. ";" .. entry) or entry)
+    doc.st, doc.sq, doc.sa = state, ordinal, ms
 end
 
 -- An event's state applies unless the job already finished or saw a later event.
-local function apply_state(key, id, actor, queue, ordinal, state, ms, note, current, seq)
-    remember(key, ordinal, state, ms, note)
-    if current and TERMINAL[current] then
+local function apply_state(doc, id, ordinal, state, ms, note)
+    doc.h = doc.h or {}
+    table.insert(doc.h, {ordinal, state, ms, note})
+    if doc.st and TERMINAL[doc.st] then
         return
     end
-    if seq and ordinal < seq then
+    if doc.sq and ordinal < doc.sq then
         return
     end
-    enter(key, id, actor, queue, current, state, ordinal, ms)
+    enter(doc, id, state, ordinal, ms)
 end
 
-local function set_fields(key, id, ms, first, count, attempt)
+local function set_fields(doc, id, ms, first, count, attempt)
     for j = first, first + 2 * count - 1, 2 do
         local field, value = ARGV[j], ARGV[j + 1]
-        if field == "a#" then
-            if attempt == 0 then  -- a start recorded after an outage, unclaimed
-                attempt = redis.call("hincrby", key, "runs", 1)
+        if string.sub(field, 1, 2) == "at" then
+            local number = attempt
+            if field == "at$" then
+                number = doc.ru or 1
+            elseif field ~= "at#" then
+                number = tonumber(string.sub(field, 4))
+            elseif number == 0 then  -- a start recorded after an outage, unclaimed
+                doc.ru = (doc.ru or 0) + 1
+                number = doc.ru
             end
-            field = "a" .. attempt
-        elseif field == "a$" then  -- the end of the attempt whose number the worker missed
-            field = "a" .. (redis.call("hget", key, "runs") or "1")
-        end
-        if string.sub(field, 1, 1) == "?" then
-            redis.call("hsetnx", key, string.sub(field, 2), value)
+            doc.at = doc.at or {}
+            doc.at[tostring(number)] = cjson.decode(value)
+        elseif string.sub(field, 1, 1) == "?" then
+            field = string.sub(field, 2)
+            if doc[field] == nil then
+                doc[field] = value
+                if field == "gr" then
+                    local group = I .. "g:" .. value
+                    redis.call("zadd", group, ms, id)
+                    if ttl > 0 then
+                        redis.call("pexpire", group, 2 * ttl)
+                    end
+                end
+            end
         else
-            redis.call("hset", key, field, value)
+            doc[field] = value
         end
-        if field == "group" or field == "?group" then
-            local group = I .. "g:" .. value
-            redis.call("zadd", group, ms, id)
-            if ttl > 0 then
-                redis.call("pexpire", group, 2 * ttl)
-            end
+    end
+end
+
+local function trim_indexes(now)
+    if ttl > 0 then
+        for index in pairs(trim) do
+            redis.call("zremrangebyscore", index, "-inf", "(" .. (now - ttl))
         end
     end
 end
 
 if ARGV[1] == "cancel" then
     local id, ms, channel = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+    ttl = tonumber(ARGV[5])
     local key = P .. id
-    local now = redis.call("hmget", key, "state", "seq", "actor", "queue")
-    if not now[1] then
+    local doc = load(key)
+    if not doc or not doc.st then
         return {"not_found"}
     end
-    local state = now[1]
-    if TERMINAL[state] then
-        return {"finished", state}
+    if TERMINAL[doc.st] then
+        return {"finished", doc.st}
     end
-    ttl = tonumber(ARGV[5])
-    redis.call("hset", key, "cancel", ms)
-    if state == "running" then
+    doc.cx = ms
+    local was = doc.st
+    if was == "running" then
+        save(key, doc)
         redis.call("publish", channel, id)
         return {"cancelling"}
     end
-    remember(key, tonumber(now[2]) or 0, "cancelled", ms, "before it ran")
-    enter(key, id, now[3], now[4], state, "cancelled", tonumber(now[2]) or 0, ms)
-    if ttl > 0 then
-        for index in pairs(trim) do
-            redis.call("zremrangebyscore", index, "-inf", "(" .. (ms - ttl))
-        end
-    end
-    return {"cancelled", state}
+    apply_state(doc, id, doc.sq or 0, "cancelled", ms, "before it ran")
+    save(key, doc)
+    trim_indexes(ms)
+    return {"cancelled", was}
 end
 
 ttl = tonumber(ARGV[2])
@@ -131,37 +155,42 @@ while i <= #ARGV do
     local first = i + 9
     i = first + 2 * count
     local key = P .. id
-    local now = redis.call("hmget", key, "state", "seq", "cancel")
-    local current, seq, cancel = now[1], tonumber(now[2]), now[3]
-    if kind == "c" then
-        if current and TERMINAL[current] then
-            table.insert(replies, "done:" .. current)
-        elseif cancel then
-            set_fields(key, id, ms, first, count, 0)
-            apply_state(key, id, actor, queue, ordinal + 1, "cancelled", ms, "before it ran", current, seq)
-            table.insert(replies, "cancelled")
-        else
-            local attempt = redis.call("hincrby", key, "runs", 1)
-            set_fields(key, id, ms, first, count, attempt)
-            apply_state(key, id, actor, queue, ordinal, state, ms, note, current, seq)
-            table.insert(replies, attempt)
-        end
-    elseif kind == "p" then
-        if current then
-            set_fields(key, id, ms, first, count, 0)
+    local doc = load(key)
+    if kind == "p" then
+        if doc then
+            set_fields(doc, id, ms, first, count, 0)
+            save(key, doc)
         end
     else
-        set_fields(key, id, ms, first, count, 0)
-        if state ~= "" then
-            apply_state(key, id, actor, queue, ordinal, state, ms, note, current, seq)
+        doc = doc or {}
+        -- Index keys need the actor and queue, whichever event comes first.
+        if doc.ac == nil then
+            doc.ac, doc.qu = actor, queue
+            redis.call("hset", I .. "actors", actor, queue)
         end
+        if kind == "c" then
+            if doc.st and TERMINAL[doc.st] then
+                table.insert(replies, "done:" .. doc.st)
+            elseif doc.cx then
+                apply_state(doc, id, ordinal + 1, "cancelled", ms, "before it ran")
+                table.insert(replies, "cancelled")
+            else
+                doc.ru = (doc.ru or 0) + 1
+                set_fields(doc, id, ms, first, count, doc.ru)
+                apply_state(doc, id, ordinal, state, ms, note)
+                table.insert(replies, doc.ru)
+            end
+        else
+            set_fields(doc, id, ms, first, count, 0)
+            if state ~= "" then
+                apply_state(doc, id, ordinal, state, ms, note)
+            end
+        end
+        save(key, doc)
     end
 end
-if next(trim) and ttl > 0 then
+if next(trim) then
     local clock = redis.call("time")
-    local cutoff = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) - ttl
-    for index in pairs(trim) do
-        redis.call("zremrangebyscore", index, "-inf", "(" .. cutoff)
-    end
+    trim_indexes(tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000))
 end
 return replies
