@@ -34,6 +34,7 @@ from jobkit.settings import current
 from . import outcomes
 from .deliveries import ATTEMPTS
 from .hooks import JobkitMiddleware
+from .job_records import JobCancelled, cancel_requested
 from .metric_tally import Tally
 
 ENABLED_ENV = "JOBKIT_METRICS"
@@ -184,6 +185,10 @@ class Metrics(JobkitMiddleware):
         if attempt is None:  # it did not start here (a middleware before this one failed)
             outcome = "succeeded" if exception is None else "failed"
             self._tally.inc(self._child("jobs", message.actor_name, message.queue_name, outcome))
+            return
+        if isinstance(exception, JobCancelled) or cancel_requested():
+            attempt.finish()  # neither a success nor a failure: counted apart, not timed
+            self._tally.inc(self._child("jobs", *attempt.labels, "cancelled"))
             return
         attempt.finish()
         self._tally.job(attempt, exception is None)
