@@ -114,6 +114,8 @@ class JobRecord:
     replayed_from: str | None = None
     replayed_as: str | None = None
     group: str | None = None
+    #: A unique job's key (``unique_key`` of its actor).
+    unique_key: str | None = None
     cancel_requested_at: str | None = None
     #: The result as stored (JSON text); :meth:`result` decodes it.
     result_json: str | None = field(default=None, repr=False)
@@ -422,6 +424,7 @@ def _record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
         replayed_from=data.get("replayed_from"),
         replayed_as=data.get("replayed_as"),
         group=data.get("group"),
+        unique_key=data.get("unique_key"),
         cancel_requested_at=iso_ms(int(data["cancel"])) if "cancel" in data else None,
         result_json=data.get("result"),
     )

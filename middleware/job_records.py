@@ -76,6 +76,7 @@ from .record_sink import (
     ordinal,
 )
 from .redaction import Redactor
+from .unique_jobs import UNIQUE
 
 logger = logging.getLogger("jobkit.job_records")
 HOST = socket.gethostname()
@@ -265,6 +266,9 @@ class JobRecords(JobkitMiddleware):
         group = options.get("job_group") or (options.get("group_info") or {}).get("group_id")
         if group:
             fields["?group"] = str(group)
+        unique = options.get(UNIQUE)
+        if unique is not None:  # also lets a cancel free the key (lua/job_records.lua)
+            fields["?unique_key"] = str(unique)
         return fields
 
     # -- running -------------------------------------------------------------------

@@ -4,7 +4,7 @@
 --   state, seq (ordinal of the event that set it), state_at (ms), history
 --   ("ordinal|state|ms|note" entries joined by ";"), runs (claims so far),
 --   a<k> (attempt k as JSON), cancel (ms a cancel was asked), actor, queue,
---   priority, args, enqueued_at, group, result, result_error, progress, ...
+--   priority, args, enqueued_at, group, unique_key, result, result_error, progress, ...
 -- and sorted sets, member = job id, score = ms the job entered its state:
 --   jobkit:jobs:s:<state>, jobkit:jobs:a:<actor>:<state>, jobkit:jobs:q:<queue>:<state>
 --   jobkit:jobs:g:<group> (score = enqueued ms): a group's or pipeline's jobs.
@@ -20,7 +20,9 @@
 --   job: do not run it again), or "cancelled" (a cancel came first: do not run it).
 -- ARGV[1] = "cancel": ARGV[2] = id, ARGV[3] = ms, ARGV[4] = channel. Returns
 --   {"not_found"}, {"finished", state}, {"cancelling"} (running: the worker is told
---   on the channel) or {"cancelled", state} (it will never run).
+--   on the channel) or {"cancelled", state} (it will never run; a unique job's key,
+--   "jobkit:unique:<actor>:<unique_key>" (middleware/unique_jobs.py), is freed if it
+--   still holds the job's id).
 
 local P, I = "jobkit:job:", "jobkit:jobs:"
 local TERMINAL = {succeeded = true, failed = true, cancelled = true, skipped = true}
@@ -97,7 +99,7 @@ end
 if ARGV[1] == "cancel" then
     local id, ms, channel = ARGV[2], tonumber(ARGV[3]), ARGV[4]
     local key = P .. id
-    local now = redis.call("hmget", key, "state", "seq", "actor", "queue")
+    local now = redis.call("hmget", key, "state", "seq", "actor", "queue", "unique_key")
     if not now[1] then
         return {"not_found"}
     end
@@ -113,6 +115,12 @@ if ARGV[1] == "cancel" then
     end
     remember(key, tonumber(now[2]) or 0, "cancelled", ms, "before it ran")
     enter(key, id, now[3], now[4], state, "cancelled", tonumber(now[2]) or 0, ms)
+    if now[5] and now[3] then
+        local lock = "jobkit:unique:" .. now[3] .. ":" .. now[5]
+        if redis.call("get", lock) == id then
+            redis.call("del", lock)
+        end
+    end
     if ttl > 0 then
         for index in pairs(trim) do
             redis.call("zremrangebyscore", index, "-inf", "(" .. (ms - ttl))
