@@ -44,6 +44,7 @@ from middleware.record_sink import (
     RESULT_ERROR,
     STATES,
     SUCCEEDED,
+    UNIQUE_KEY,
     ClaimReply,
     Event,
 )
@@ -133,6 +134,8 @@ class JobRecord:
     replayed_from: str | None = None
     replayed_as: str | None = None
     group: str | None = None
+    #: A unique job's key (``unique_key`` of its actor).
+    unique_key: str | None = None
     cancel_requested_at: str | None = None
     #: The result as stored (JSON text); :meth:`result` decodes it.
     result_json: str | None = field(default=None, repr=False)
@@ -449,6 +452,7 @@ def _record(job_id: str, raw: bytes) -> JobRecord:
         replayed_from=doc.get(REPLAYED_FROM),
         replayed_as=doc.get(REPLAYED_AS),
         group=doc.get(GROUP),
+        unique_key=doc.get(UNIQUE_KEY),
         cancel_requested_at=iso_ms(doc.get("cx")),
         result_json=doc.get(RESULT),
     )

@@ -26,6 +26,7 @@ from middleware.redaction import Redactor
 from middleware.retries import Retries
 from middleware.send_checks import SendChecks
 from middleware.sentry import SentryAlerts
+from middleware.unique_jobs import UniqueJobs
 
 from .job_record_store import record_store_for
 from .liveness import keep_alive
@@ -53,7 +54,9 @@ def build_stack(settings: Settings | None = None) -> list[Middleware]:
     (and, hooks after running in reverse, ``job.failed`` before Retries
     schedules the next attempt). ``DeadLetters`` describes a rejected job in
     ``before_nack`` for the broker's consumer to store. Then ``LoadThrottle``
-    (inactive unless configured), then ``JobRecords``: its claim is the last
+    (inactive unless configured); ``UniqueJobs``, after the checks that can refuse a
+    send (but MessageGuard's: a refusal then gives its key back) and after RateLimits
+    (a deferred job has not started); then ``JobRecords``: its claim is the last
     hook before the job runs, and its ``after_process_message`` the first after
     (a cancel's interrupt cannot land in another middleware); and ``MessageGuard``
     last, so it signs and measures the message as every other ``before_enqueue`` left it.
@@ -87,6 +90,7 @@ def build_stack(settings: Settings | None = None) -> list[Middleware]:
         ),
         Metrics(on=settings.metrics, exporter=serve_metrics),
         LoadThrottle.from_settings(settings, keep_alive=keep_alive),
+        UniqueJobs(),
         JobRecords(
             record_store_for,
             ttl_ms=settings.job_ttl,

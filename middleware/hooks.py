@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from dramatiq import Broker, Middleware
+from dramatiq import Broker, Message, Middleware
 
 
 class JobkitMiddleware(Middleware):
@@ -30,6 +30,12 @@ class JobkitMiddleware(Middleware):
 
     def after_dead_letter(self, broker: Broker, record: dict[str, Any]) -> None:
         """Called once a dead letter's ``record`` is in the store (``middleware.dead_letters``)."""
+
+    def after_enqueue_failed(self, broker: Broker, message: Message, delay: int | None) -> None:
+        """Called by jobkit's brokers when ``message`` was not enqueued after ``before_enqueue``
+        began for it: a later ``before_enqueue`` refused it, or the broker did (or did not
+        confirm it). What a middleware took for the send (a unique job's key) is given back here.
+        """
 
 
 class UsesStateRedis(JobkitMiddleware):
@@ -49,7 +55,7 @@ class UsesStateRedis(JobkitMiddleware):
 
 
 #: The hooks above, by name; each broker emits them through ``emit_after``.
-HOOKS = ("after_state_store", "after_dead_letter")
+HOOKS = ("after_state_store", "after_dead_letter", "after_enqueue_failed")
 
 
 def declare_hooks() -> None:

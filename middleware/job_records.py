@@ -84,6 +84,7 @@ from .record_sink import (
     SKIPPED,
     START,
     SUCCEEDED,
+    UNIQUE_KEY,
     Event,
     RecordSink,
     SinkFactory,
@@ -92,6 +93,7 @@ from .record_sink import (
     ordinal,
 )
 from .redaction import Redactor
+from .unique_jobs import UNIQUE
 
 logger = logging.getLogger("jobkit.job_records")
 HOST = socket.gethostname()
@@ -283,6 +285,9 @@ class JobRecords(JobkitMiddleware):
         group = options.get("job_group") or (options.get("group_info") or {}).get("group_id")
         if group:
             fields[once(GROUP)] = str(group)
+        unique = options.get(UNIQUE)
+        if unique is not None:  # also lets a cancel free the key (lua/job_records.lua)
+            fields[once(UNIQUE_KEY)] = str(unique)
         return fields
 
     # -- running -------------------------------------------------------------------

@@ -25,7 +25,7 @@ EVENT, CLAIM, PATCH = "e", "c", "p"
 # Record fields, short because every record repeats them (lua/job_records.lua has the rest).
 ACTOR, QUEUE, PRIORITY, ENQUEUED_AT, ARGS, GROUP = "ac", "qu", "pr", "eq", "ar", "gr"
 REPLAYED_FROM, REPLAYED_AS, PROGRESS = "rf", "ra", "pg"
-RESULT, RESULT_ERROR, DEAD_LETTER, REASON = "rs", "re", "dl", "rn"
+RESULT, RESULT_ERROR, DEAD_LETTER, REASON, UNIQUE_KEY = "rs", "re", "dl", "rn", "uk"
 #: A new attempt (numbered by the claim) and the latest one (its number unknown).
 NEW_ATTEMPT, LAST_ATTEMPT = "at#", "at$"
 

@@ -5,7 +5,7 @@
 --   st state, sq ordinal of the event that set it, sa ms it was entered, h history
 --   ([ordinal, state, ms, note] entries), ru claims so far, at attempts by number
 --   ({s start, e end, d duration ms, w "host:pid", o outcome, et/em/tb error}),
---   cx ms a cancel was asked, and the fields events set (FIELDS in job_record_store.py).
+--   cx ms a cancel was asked, and the fields events set (middleware/record_sink.py).
 -- Sorted sets, member = job id, score = ms the job entered its state:
 --   jobkit:jobs:s:<state>, jobkit:jobs:a:<actor>:<state>;
 --   jobkit:jobs:g:<group> (score = ms sent): a group's or pipeline's jobs.
@@ -23,7 +23,9 @@
 --   job: do not run it again), or "cancelled" (a cancel came first: do not run it).
 -- ARGV[1] = "cancel": ARGV[2] = id, ARGV[3] = ms, ARGV[4] = channel, ARGV[5] = TTL ms.
 --   Returns {"not_found"}, {"finished", state}, {"cancelling"} (running: the worker is
---   told on the channel) or {"cancelled", state} (it will never run).
+--   told on the channel) or {"cancelled", state} (it will never run; a unique job's
+--   key, "jobkit:unique:<actor>:<uk>" (middleware/unique_jobs.py), is freed if it
+--   still holds the job's id).
 
 local P, I = "jobkit:job:", "jobkit:jobs:"
 local TERMINAL = {succeeded = true, failed = true, cancelled = true, skipped = true}
@@ -142,6 +144,12 @@ if ARGV[1] == "cancel" then
     apply_state(doc, id, doc.sq or 0, "cancelled", ms, "before it ran")
     save(key, doc)
     trim_indexes(ms)
+    if doc.uk and doc.ac then  -- a unique job's key is free again (middleware/unique_jobs.py)
+        local lock = "jobkit:unique:" .. doc.ac .. ":" .. doc.uk
+        if redis.call("get", lock) == id then
+            redis.call("del", lock)
+        end
+    end
     return {"cancelled", was}
 end
 

@@ -29,6 +29,7 @@ from ..bulk import BulkSendError
 from ..decoding import MessageRules
 from ..encoding import encode_message
 from ..hook_cache import CachedHooks
+from ..send_hooks import before_enqueue, enqueue_failed, failing_as_one
 from .amqp_confirms import ConfirmedPublisher
 from .amqp_connection import error_reason, with_connection_defaults
 from .amqp_consumer import DeadLetteringConsumer
@@ -69,17 +70,20 @@ class PriorityRabbitmqBroker(CachedHooks, RabbitmqBrokerBase):
         while True:
             try:
                 self.declare_queue(canonical_queue_name, ensure=True)
-                self.emit_before("enqueue", message, delay)
-                self.channel.basic_publish(
-                    exchange="",
-                    routing_key=queue_name,
-                    body=encode_message(message),
-                    properties=pika.BasicProperties(
-                        delivery_mode=2,
-                        priority=message.options.get("broker_priority", NORMAL_PRIORITY),
-                    ),
-                    mandatory=self.confirm_delivery,
-                )
+                pending = before_enqueue(self, message, delay)
+                if pending is not None:
+                    return pending  # a duplicate of a pending unique job: nothing is sent
+                with failing_as_one(self, message, delay):
+                    self.channel.basic_publish(
+                        exchange="",
+                        routing_key=queue_name,
+                        body=encode_message(message),
+                        properties=pika.BasicProperties(
+                            delivery_mode=2,
+                            priority=message.options.get("broker_priority", NORMAL_PRIORITY),
+                        ),
+                        mandatory=self.confirm_delivery,
+                    )
                 self.emit_after("enqueue", message, delay)
                 return message
             except pika.exceptions.ConnectionBlockedTimeout:
@@ -111,7 +115,17 @@ class PriorityRabbitmqBroker(CachedHooks, RabbitmqBrokerBase):
         connection's event loop.
         """
         # All through before_enqueue first: an invalid message fails the call before any is sent.
-        prepared = [self._prepare(message, delay) for message in messages]
+        answers: list[Message] = []
+        prepared: list[Message] = []
+        try:
+            for message in messages:
+                queued, pending = self._prepare(message, delay)
+                if pending is None:
+                    prepared.append(queued)
+                answers.append(pending or queued)
+        except BaseException:
+            enqueue_failed(self, prepared, delay)
+            raise
         connection = pika.BlockingConnection(self.parameters)
         publisher: ConfirmedPublisher | None = None
         try:
@@ -127,27 +141,29 @@ class PriorityRabbitmqBroker(CachedHooks, RabbitmqBrokerBase):
             sent = [m for m in published if m.message_id in publisher.accepted]
             for message in sent:
                 self.emit_after("enqueue", message, delay)
-            if len(sent) < len(messages):
+            if len(sent) < len(prepared):
                 accepted = {m.message_id for m in sent}
                 not_sent = [m for m in published if m.message_id not in accepted]
-                raise BulkSendError(publisher.failure, not_sent + prepared[len(published) :], sent)
-            return sent
+                not_sent += prepared[len(published) :]
+                enqueue_failed(self, not_sent, delay)
+                raise BulkSendError(publisher.failure, not_sent, sent)
+            return answers
         finally:
             with contextlib.suppress(pika.exceptions.AMQPError, OSError):
                 if publisher is not None:
                     publisher.release()
                 connection.close()
 
-    def _prepare(self, message: Message, delay: int | None) -> Message:
+    def _prepare(self, message: Message, delay: int | None) -> tuple[Message, Message | None]:
         # As RabbitmqBroker.enqueue: declare the queue, move delayed messages to
-        # the delay queue with an eta, then before_enqueue (which sets the priority).
+        # the delay queue with an eta, then before_enqueue (which sets the priority);
+        # with the pending job's message when this one duplicates it.
         self.declare_queue(message.queue_name, ensure=True)
         if delay is not None:
             message = message.copy(
                 queue_name=dq_name(message.queue_name), options={"eta": current_millis() + delay}
             )
-        self.emit_before("enqueue", message, delay)
-        return message
+        return message, before_enqueue(self, message, delay)
 
     @property
     def consumer_class(self) -> type[RabbitmqConsumerBase]:

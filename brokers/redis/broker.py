@@ -37,6 +37,7 @@ from ..bulk import BulkSendError, batches
 from ..decoding import MessageRules
 from ..encoding import encode_message
 from ..hook_cache import CachedHooks
+from ..send_hooks import before_enqueue, enqueue_failed, failing_as_one
 from .checks import _reason, is_out_of_memory
 from .consumer import ACK_FLUSH_TIMEOUT_S, PriorityRedisConsumer
 
@@ -114,29 +115,32 @@ class PriorityRedisBroker(CachedHooks, RedisBrokerBase):
     def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
         # Dramatiq's RedisBroker.enqueue, plus the level's list, read after
         # before_enqueue has validated and stamped it.
-        message = self._prepare(message, delay)
+        message, pending = self._prepare(message, delay)
+        if pending is not None:
+            return pending  # a duplicate of a pending unique job: nothing is sent
         suffix = "" if delay is not None else level_suffix(message.options.get("priority"))
-        try:
-            redis_command(self, "enqueue")(
-                message.queue_name,
-                message.options["redis_message_id"],
-                encode_message(message),
-                suffix,
-            )
-        except (redis.ConnectionError, redis.TimeoutError) as error:
-            raise BrokerUnavailable(
-                f"Redis did not answer while enqueueing job {message.actor_name} "
-                f"{message.message_id} ({_reason(error)}); it may not have been enqueued: "
-                "send it again once Redis is back"
-            ) from error
-        except redis.ResponseError as error:
-            if is_out_of_memory(error):
-                raise BrokerFull(
-                    f"Redis refused job {message.actor_name} {message.message_id} on queue "
-                    f"{message.queue_name!r}: it is at its maxmemory limit, so nothing was "
-                    "enqueued (jobs already queued are kept); free memory or raise maxmemory"
-                ) from None
-            raise
+        with failing_as_one(self, message, delay):
+            try:
+                redis_command(self, "enqueue")(
+                    message.queue_name,
+                    message.options["redis_message_id"],
+                    encode_message(message),
+                    suffix,
+                )
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                raise BrokerUnavailable(
+                    f"Redis did not answer while enqueueing job {message.actor_name} "
+                    f"{message.message_id} ({_reason(error)}); it may not have been enqueued: "
+                    "send it again once Redis is back"
+                ) from error
+            except redis.ResponseError as error:
+                if is_out_of_memory(error):
+                    raise BrokerFull(
+                        f"Redis refused job {message.actor_name} {message.message_id} on queue "
+                        f"{message.queue_name!r}: it is at its maxmemory limit, so nothing was "
+                        "enqueued (jobs already queued are kept); free memory or raise maxmemory"
+                    ) from None
+                raise
         self.emit_after("enqueue", message, delay)
         return message
 
@@ -146,54 +150,67 @@ class PriorityRedisBroker(CachedHooks, RedisBrokerBase):
         """Enqueue in batches: one script call per queue per batch, one round trip per batch.
 
         Each script call is atomic, so after an error the messages of a call are
-        either all in their queue or none are (``brokers.bulk``).
+        either all in their queue or none are (``brokers.bulk``). A duplicate of a
+        pending unique job is not sent: its place holds the pending job's message.
         """
         # All through before_enqueue first: an invalid message fails the call before any is sent.
-        prepared = [self._prepare(message, delay) for message in messages]
+        answers: list[Message] = []
+        to_send: list[tuple[int, Message]] = []
+        try:
+            for message in messages:
+                prepared, pending = self._prepare(message, delay)
+                if pending is None:
+                    to_send.append((len(answers), prepared))
+                answers.append(pending or prepared)
+        except BaseException:
+            enqueue_failed(self, [queued for _, queued in to_send], delay)
+            raise
         sent: list[Message] = []
-        for index, batch in enumerate(batches(prepared, batch_size)):
-            by_queue: dict[str, list[Message]] = {}
-            for queued in batch:
-                by_queue.setdefault(queued.queue_name, []).append(queued)
+        for index, batch in enumerate(batches(to_send, batch_size)):
+            by_queue: dict[str, list[tuple[int, Message]]] = {}
+            for position, queued in batch:
+                by_queue.setdefault(queued.queue_name, []).append((position, queued))
             pipe = self.client.pipeline(transaction=False)
             for queue_name, queued_messages in by_queue.items():
                 triples = []
-                for queued in queued_messages:
+                for _, queued in queued_messages:
                     triples += [
                         queued.options["redis_message_id"],
                         encode_message(queued),
                         "" if delay is not None else level_suffix(queued.options.get("priority")),
                     ]
                 pipeline_command(self, pipe, "enqueue_batch", queue_name, *triples)
-            rest = prepared[(index + 1) * batch_size :]
+            rest = [queued for _, queued in to_send[(index + 1) * batch_size :]]
             try:
                 results = pipe.execute(raise_on_error=False)
             except redis.RedisError as error:
-                staged = [m for group in by_queue.values() for m in group]
+                staged = [m for group in by_queue.values() for _, m in group]
+                enqueue_failed(self, staged + rest, delay)
                 raise BulkSendError(str(error), staged + rest, sent) from error
             failed: list[Message] = []
             reason = ""
             for queued_messages, result in zip(by_queue.values(), results, strict=True):
                 if isinstance(result, Exception):
-                    failed += queued_messages
+                    failed += [queued for _, queued in queued_messages]
                     reason = str(result)
                     continue
-                for queued in queued_messages:
+                for _, queued in queued_messages:
                     self.emit_after("enqueue", queued, delay)
                     sent.append(queued)
             if failed:
+                enqueue_failed(self, failed + rest, delay)
                 raise BulkSendError(reason, failed + rest, sent)
-        return sent
+        return answers
 
-    def _prepare(self, message: Message, delay: int | None) -> Message:
-        # As enqueue: a broker id, the delay queue and eta if delayed, then before_enqueue.
+    def _prepare(self, message: Message, delay: int | None) -> tuple[Message, Message | None]:
+        # As enqueue: a broker id, the delay queue and eta if delayed, then before_enqueue;
+        # with the pending job's message when this one duplicates it.
         message = message.copy(options={"redis_message_id": str(uuid4())})
         if delay is not None:
             message = message.copy(
                 queue_name=dq_name(message.queue_name), options={"eta": current_millis() + delay}
             )
-        self.emit_before("enqueue", message, delay)
-        return message
+        return message, before_enqueue(self, message, delay)
 
     def do_fetch(self, queue_name: str, count: int) -> list[tuple[bytes, bytes | None, int]]:
         """Up to ``count`` (redis id, payload, redeliveries) triples.

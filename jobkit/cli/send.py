@@ -16,6 +16,7 @@ from jobkit.errors import JobkitError
 from jobkit.output import print_json, print_line
 from middleware.priorities import LEVELS, parse_level
 from middleware.send_checks import check_arguments
+from middleware.unique_jobs import DEDUPLICATED, UNIQUE
 
 
 class BadJobError(JobkitError, ValueError):
@@ -86,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
     # people know the actor's queue, where it runs once due.
     if args.json:
         print_json({**message.asdict(), "queue_name": actor.queue_name})
+    elif message.options.get(DEDUPLICATED):
+        print_line(
+            f"not sent: {actor.actor_name} with unique key {message.options.get(UNIQUE)!r} is "
+            f"already pending (message id {message.message_id})"
+        )
     else:
         print_line(
             f"sent {actor.actor_name} to queue {actor.queue_name!r}{_due(message)} "
