@@ -17,13 +17,16 @@
 --   named "?x" is set only if absent; "a#" names a new attempt's field (numbered by
 --   the claim, else counted here) and "a$" the latest attempt's.
 --   Returns one reply per claim: the attempt number, or "done:<state>" (a finished
---   job: do not run it again), or "cancelled" (a cancel came first: do not run it).
+--   job: do not run it again), or "cancelled" (a cancel came first: do not run it;
+--   no attempt is added). A finished job's record takes no event from after its end
+--   and none it already has (a redelivery); a late one from before its end, yes.
 -- ARGV[1] = "cancel": ARGV[2] = id, ARGV[3] = ms, ARGV[4] = channel. Returns
 --   {"not_found"}, {"finished", state}, {"cancelling"} (running: the worker is told
 --   on the channel) or {"cancelled", state} (it will never run).
 
 local P, I = "jobkit:job:", "jobkit:jobs:"
 local TERMINAL = {succeeded = true, failed = true, cancelled = true, skipped = true}
+local WAITING = {queued = true, delayed = true, deferred = true, retrying = true}
 local ttl = 0
 local trim = {}
 
@@ -56,18 +59,35 @@ local function remember(key, ordinal, state, ms, note)
     redis.call("hset", key, "history", history and (history .. ";" .. entry) or entry)
 end
 
--- An event's state applies unless the job already finished or saw a later event.
+-- Whether a finished job's record ignores an event: one from after its end (a delayed
+-- message coming due after a cancel) or one it already has (a message delivered or sent
+-- again). A late event from before its end (another process's batch) still counts.
+local function ignored(key, current, seq, ordinal, state)
+    if not (current and TERMINAL[current]) then
+        return false
+    end
+    if seq and ordinal >= seq then
+        return true
+    end
+    local history = redis.call("hget", key, "history") or ""
+    return string.find(";" .. history, ";" .. ordinal .. "|" .. state .. "|", 1, true) ~= nil
+end
+
+-- An event's state applies unless the job already finished or saw a later event;
+-- true when it did.
 local function apply_state(key, id, actor, queue, ordinal, state, ms, note, current, seq)
     remember(key, ordinal, state, ms, note)
     if current and TERMINAL[current] then
-        return
+        return false
     end
     if seq and ordinal < seq then
-        return
+        return false
     end
     enter(key, id, actor, queue, current, state, ordinal, ms)
+    return true
 end
 
+-- attempt: the number a claim gave, 0 (count one here) or nil (a refused claim: none).
 local function set_fields(key, id, ms, first, count, attempt)
     for j = first, first + 2 * count - 1, 2 do
         local field, value = ARGV[j], ARGV[j + 1]
@@ -75,13 +95,13 @@ local function set_fields(key, id, ms, first, count, attempt)
             if attempt == 0 then  -- a start recorded after an outage, unclaimed
                 attempt = redis.call("hincrby", key, "runs", 1)
             end
-            field = "a" .. attempt
+            field = attempt and ("a" .. attempt)
         elseif field == "a$" then  -- the end of the attempt whose number the worker missed
             field = "a" .. (redis.call("hget", key, "runs") or "1")
         end
-        if string.sub(field, 1, 1) == "?" then
+        if field and string.sub(field, 1, 1) == "?" then
             redis.call("hsetnx", key, string.sub(field, 2), value)
-        else
+        elseif field then
             redis.call("hset", key, field, value)
         end
         if field == "group" or field == "?group" then
@@ -137,7 +157,7 @@ while i <= #ARGV do
         if current and TERMINAL[current] then
             table.insert(replies, "done:" .. current)
         elseif cancel then
-            set_fields(key, id, ms, first, count, 0)
+            set_fields(key, id, ms, first, count, nil)
             apply_state(key, id, actor, queue, ordinal + 1, "cancelled", ms, "before it ran", current, seq)
             table.insert(replies, "cancelled")
         else
@@ -150,10 +170,15 @@ while i <= #ARGV do
         if current then
             set_fields(key, id, ms, first, count, 0)
         end
-    else
+    elseif state == "" then
         set_fields(key, id, ms, first, count, 0)
-        if state ~= "" then
-            apply_state(key, id, actor, queue, ordinal, state, ms, note, current, seq)
+    elseif not ignored(key, current, seq, ordinal, state) then
+        set_fields(key, id, ms, first, count, 0)
+        local entered = apply_state(key, id, actor, queue, ordinal, state, ms, note, current, seq)
+        if entered and cancel and WAITING[state] then
+            -- Cancelled as its attempt ended, and it was to run again: it never will.
+            remember(key, ordinal, "cancelled", ms, "before it ran")
+            enter(key, id, actor, queue, state, "cancelled", ordinal, ms)
         end
     end
 end
