@@ -29,7 +29,7 @@ from .deliveries import ATTEMPTS, Attempt, job_fields
 from .dramatiq_seam import stuffed_exception, unwrap
 from .hooks import JobkitMiddleware
 from .job_events import JsonJobEvents, flush_job_events
-from .job_records import JobCancelled
+from .job_records import JobCancelled, cancel_requested
 from .log_config import configure_logging, configure_structlog
 from .log_processors import CURRENT_JOB
 from .redaction import Redactor
@@ -145,15 +145,16 @@ class JobLogging(JobkitMiddleware):
     ) -> None:
         attempt = self._attempts.get(message)
         duration = attempt.finish() if attempt is not None else None
-        if exception is None:
+        # A cooperative job stops itself and returns: its record says cancelled, so does its log.
+        if isinstance(exception, JobCancelled) or cancel_requested():
+            self.log.info("job.cancelled", **self._fields_of(attempt, message),
+                          duration_ms=_ms(duration))  # fmt: skip
+        elif exception is None:
             if attempt is not None and type(job_events.JOB_EVENTS) is JsonJobEvents:
                 job_events.JOB_EVENTS.job_succeeded(attempt)  # straight into the JSON line buffer
             else:
                 fields = self._fields_of(attempt, message)
                 self.log.info("job.succeeded", **fields, duration_ms=_ms(duration))
-        elif isinstance(exception, JobCancelled):
-            self.log.info("job.cancelled", **self._fields_of(attempt, message),
-                          duration_ms=_ms(duration))  # fmt: skip
         else:
             if attempt is not None:
                 attempt.exception = exception

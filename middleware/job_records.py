@@ -140,6 +140,10 @@ logging.getLogger(WORKER_THREAD_LOGGER).addFilter(_QUIET_WORKER)
 # Thread id -> the delivery running in it (shared by every JobRecords, read by the helpers).
 _running: dict[int, dict[str, Any]] = {}
 _running_lock = threading.Lock()
+# Ids of cancelled running jobs announced while none ran here: the announcement can come
+# between a job's claim and its start (then the job starts cancelled). Oldest dropped first.
+_unmatched_cancels: dict[str, None] = {}
+UNMATCHED_CANCELS = 1000
 
 
 def cancel_requested() -> bool:
@@ -331,6 +335,7 @@ class JobRecords(JobkitMiddleware):
             )  # fmt: skip
             raise SkipMessage(reply)
         actor = broker.actors.get(inner.actor_name)
+        cooperative = bool(actor and actor.options.get("cancel_mode") == COOPERATIVE)
         delivery = {
             "message_id": inner.message_id,
             "actor": inner.actor_name,
@@ -341,11 +346,18 @@ class JobRecords(JobkitMiddleware):
             "start_ms": start_ms,
             "started": started,
             "sink": sink,
-            "cooperative": bool(actor and actor.options.get("cancel_mode") == COOPERATIVE),
+            "cooperative": cooperative,
             "store_results": bool(actor and actor.options.get("store_results")),
         }
         with _running_lock:
             _running[threading.get_ident()] = delivery
+            # Cancelled since its claim, before it got here: it starts cancelled.
+            cancelled = inner.message_id in _unmatched_cancels
+            if cancelled:
+                del _unmatched_cancels[inner.message_id]
+                delivery["cancel"] = True
+        if cancelled and not cooperative:
+            raise JobCancelled(f"job {inner.message_id} was cancelled as it started")
 
     def after_process_message(
         self,
@@ -356,15 +368,17 @@ class JobRecords(JobkitMiddleware):
         exception: BaseException | None = None,
     ) -> None:
         thread = threading.get_ident()
-        with _running_lock:  # no cancel can interrupt this thread from here on
+        with _running_lock:  # no cancel reaches this job from here on: it ended as it ended
             delivery = _running.get(thread)
             if delivery is None or delivery["message_id"] != message.message_id:
                 return
             delivery["interruptible"] = False
             if delivery.get("cancel") and not delivery["cooperative"]:
                 clear_in_thread(thread)  # an interrupt that came as the job returned
+            cancelled = isinstance(exception, JobCancelled) or bool(delivery.get("cancel"))
+            # What cancel_requested() says from here on (Retries, JobLogging): how it ended.
+            delivery["cancel"] = cancelled
         end = time.time()
-        cancelled = isinstance(exception, JobCancelled) or bool(delivery.get("cancel"))
         # Short keys (every record repeats them): start, end, duration ms, where, outcome.
         attempt: dict[str, Any] = {
             "s": delivery["start_ms"],
@@ -462,9 +476,19 @@ class JobRecords(JobkitMiddleware):
     def _on_cancel(self, job_id: str) -> None:
         """A running job was cancelled: interrupt it here, or tell it (cooperative)."""
         with _running_lock:
+            found = False
             for thread, delivery in _running.items():
-                if delivery["message_id"] != job_id or delivery.get("cancel"):
+                if delivery["message_id"] != job_id:
                     continue
-                delivery["cancel"] = True
-                if not delivery["cooperative"] and delivery.get("interruptible", True):
-                    raise_in_thread(thread, JobCancelled)
+                found = True
+                # A job that has returned ends as it ended (after_process_message).
+                if not delivery.get("cancel") and delivery.get("interruptible", True):
+                    delivery["cancel"] = True
+                    if not delivery["cooperative"]:
+                        raise_in_thread(thread, JobCancelled)
+            if found:
+                return
+            # Not running here (yet): claimed, about to start, or on another worker.
+            _unmatched_cancels[job_id] = None
+            if len(_unmatched_cancels) > UNMATCHED_CANCELS:
+                del _unmatched_cancels[next(iter(_unmatched_cancels))]

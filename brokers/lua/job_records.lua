@@ -20,7 +20,9 @@
 --   "?x" is set only if absent; "at#" names a new attempt (numbered by the claim, else
 --   counted here), "at:<n>" attempt n, "at$" the latest; attempts' values are JSON.
 --   Returns one reply per claim: the attempt number, or "done:<state>" (a finished
---   job: do not run it again), or "cancelled" (a cancel came first: do not run it).
+--   job: do not run it again), or "cancelled" (a cancel came first: do not run it;
+--   no attempt is added). A finished job's record takes no event from after its end
+--   and none it already has (a redelivery); a late one from before its end, yes.
 -- ARGV[1] = "cancel": ARGV[2] = id, ARGV[3] = ms, ARGV[4] = channel, ARGV[5] = TTL ms.
 --   Returns {"not_found"}, {"finished", state}, {"cancelling"} (running: the worker is
 --   told on the channel) or {"cancelled", state} (it will never run; a unique job's
@@ -29,6 +31,7 @@
 
 local P, I = "jobkit:job:", "jobkit:jobs:"
 local TERMINAL = {succeeded = true, failed = true, cancelled = true, skipped = true}
+local WAITING = {queued = true, delayed = true, deferred = true, retrying = true}
 local ttl = 0
 local trim = {}
 
@@ -69,23 +72,46 @@ local function enter(doc, id, state, ordinal, ms)
     doc.st, doc.sq, doc.sa = state, ordinal, ms
 end
 
--- An event's state applies unless the job already finished or saw a later event.
+-- Whether a finished job's record ignores an event: one from after its end (a delayed
+-- message coming due after a cancel) or one it already has (a message delivered or sent
+-- again). A late event from before its end (another process's batch) still counts.
+local function ignored(doc, ordinal, state)
+    if not (doc.st and TERMINAL[doc.st]) then
+        return false
+    end
+    if doc.sq and ordinal >= doc.sq then
+        return true
+    end
+    for _, entry in ipairs(doc.h or {}) do
+        if entry[1] == ordinal and entry[2] == state then
+            return true
+        end
+    end
+    return false
+end
+
+-- An event's state applies unless the job already finished or saw a later event;
+-- true when it did.
 local function apply_state(doc, id, ordinal, state, ms, note)
     doc.h = doc.h or {}
     table.insert(doc.h, {ordinal, state, ms, note})
     if doc.st and TERMINAL[doc.st] then
-        return
+        return false
     end
     if doc.sq and ordinal < doc.sq then
-        return
+        return false
     end
     enter(doc, id, state, ordinal, ms)
+    return true
 end
 
+-- attempt: the number a claim gave, 0 (count one here) or false (a refused claim: none).
 local function set_fields(doc, id, ms, first, count, attempt)
     for j = first, first + 2 * count - 1, 2 do
         local field, value = ARGV[j], ARGV[j + 1]
-        if string.sub(field, 1, 2) == "at" then
+        if string.sub(field, 1, 2) == "at" and attempt == false then
+            -- a claim refused: the job does not run, so no attempt
+        elseif string.sub(field, 1, 2) == "at" then
             local number = attempt
             if field == "at$" then
                 number = doc.ru or 1
@@ -180,6 +206,7 @@ while i <= #ARGV do
             if doc.st and TERMINAL[doc.st] then
                 table.insert(replies, "done:" .. doc.st)
             elseif doc.cx then
+                set_fields(doc, id, ms, first, count, false)
                 apply_state(doc, id, ordinal + 1, "cancelled", ms, "before it ran")
                 table.insert(replies, "cancelled")
             else
@@ -188,10 +215,13 @@ while i <= #ARGV do
                 apply_state(doc, id, ordinal, state, ms, note)
                 table.insert(replies, doc.ru)
             end
-        else
+        elseif state == "" then
             set_fields(doc, id, ms, first, count, 0)
-            if state ~= "" then
-                apply_state(doc, id, ordinal, state, ms, note)
+        elseif not ignored(doc, ordinal, state) then
+            set_fields(doc, id, ms, first, count, 0)
+            if apply_state(doc, id, ordinal, state, ms, note) and doc.cx and WAITING[state] then
+                -- Cancelled as its attempt ended, and it was to run again: it never will.
+                apply_state(doc, id, ordinal, "cancelled", ms, "before it ran")
             end
         end
         save(key, doc)
