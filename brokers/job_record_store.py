@@ -55,7 +55,8 @@ from .record_writer import RecordWriter
 logger = logging.getLogger("jobkit.job_records")
 
 RECORD, INDEX = "jobkit:job:", "jobkit:jobs:"
-#: Where a running job's cancel is announced to the workers.
+#: Where a running job's cancel is announced to the workers; pub/sub spans a server's
+#: databases, so the channel names the database (``:<db>``).
 CANCEL_CHANNEL = "jobkit:jobs:cancel"
 LISTING = "jobkit jobs list"
 _SCRIPT = (Path(__file__).parent / "lua" / "job_records.lua").read_text()
@@ -211,25 +212,42 @@ class JobRecordStore:
         replies = self._script(args=args)
         return [r if isinstance(r, int) else r.decode() for r in replies]
 
-    def watch_cancels(self, on_cancel: Callable[[str], None]) -> None:
+    @property
+    def channel(self) -> str:
+        return f"{CANCEL_CHANNEL}:{self.client.connection_pool.connection_kwargs.get('db', 0)}"
+
+    def watch_cancels(
+        self, on_cancel: Callable[[str], None], running: Callable[[], list[str]]
+    ) -> None:
         self._watching.set()  # first: a watcher still winding down carries on
         if self._watcher is not None and self._watcher.is_alive():
             return
         self._watcher = threading.Thread(
-            target=self._watch, args=(on_cancel,), name="jobkit-job-cancels", daemon=True
+            target=self._watch, args=(on_cancel, running), name="jobkit-job-cancels", daemon=True
         )
         self._watcher.start()
+
+    def cancelled_among(self, job_ids: list[str]) -> list[str]:
+        """Those of ``job_ids`` whose cancel was asked for."""
+        if not job_ids:
+            return []
+        raws = cast("list[bytes | None]", self.client.mget([RECORD + i for i in job_ids]))
+        return [i for i, raw in zip(job_ids, raws, strict=True) if raw and "cx" in json.loads(raw)]
 
     def stop_watching(self) -> None:
         """End the cancel watcher (a worker shutting down); it exits within a second."""
         self._watching.clear()
 
-    def _watch(self, on_cancel: Callable[[str], None]) -> None:
+    def _watch(self, on_cancel: Callable[[str], None], running: Callable[[], list[str]]) -> None:
         failing = False
         while self._watching.is_set():
             try:
                 with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    pubsub.subscribe(CANCEL_CHANNEL)
+                    pubsub.subscribe(self.channel)
+                    # A cancel announced before this subscription (boot, reconnect) is
+                    # in the record: look at the jobs running here once subscribed.
+                    for job_id in self.cancelled_among(running()):
+                        on_cancel(job_id)
                     if failing:
                         logger.warning("job records: cancel announcements are received again")
                         failing = False
@@ -383,7 +401,7 @@ class JobRecordStore:
                 outcomes.append(CancelOutcome(job_id, "not_found"))
                 continue
             reply = self._script(
-                args=["cancel", resolved, int(time.time() * 1000), CANCEL_CHANNEL, self.ttl_ms]
+                args=["cancel", resolved, int(time.time() * 1000), self.channel, self.ttl_ms]
             )
             words = [part.decode() for part in reply]
             outcomes.append(CancelOutcome(resolved, words[0], words[1] if len(words) > 1 else None))

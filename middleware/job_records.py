@@ -146,6 +146,11 @@ _unmatched_cancels: dict[str, None] = {}
 UNMATCHED_CANCELS = 1000
 
 
+def _running_ids() -> list[str]:
+    with _running_lock:
+        return [delivery["message_id"] for delivery in _running.values()]
+
+
 def cancel_requested() -> bool:
     """True once the job running in this thread was cancelled (``cancel_mode="cooperative"``)."""
     delivery = _running.get(threading.get_ident())
@@ -214,7 +219,7 @@ class JobRecords(JobkitMiddleware):
 
     def after_worker_boot(self, broker: Broker, worker: Any) -> None:
         if self.sink is not None:
-            self.sink.watch_cancels(self._on_cancel)
+            self.sink.watch_cancels(self._on_cancel, _running_ids)
         elif self.on:
             logger.warning("job records: none are kept: %s", self.no_store_reason)
 

@@ -95,8 +95,11 @@ class RecordSink(Protocol):
         """Wait until every event handed over so far is written; False on timeout."""
         ...
 
-    def watch_cancels(self, on_cancel: Callable[[str], None]) -> None:
-        """Call ``on_cancel(job_id)`` (from the sink's thread) when a running job is cancelled."""
+    def watch_cancels(
+        self, on_cancel: Callable[[str], None], running: Callable[[], list[str]]
+    ) -> None:
+        """Call ``on_cancel(job_id)`` (from the sink's thread) when a running job is cancelled;
+        ``running()`` lists the jobs running here, checked each time the watch (re)starts."""
         ...
 
     def stop_watching(self) -> None:

@@ -269,3 +269,29 @@ def test_events_arriving_out_of_order_keep_the_latest_state(records: JobRecordSt
     assert record.state == "succeeded"
     assert states(record) == ["queued", "running", "succeeded"]
     assert (record.actor, record.queue, record.priority) == ("a", "q", "high")
+
+
+def test_a_cancel_announced_while_the_worker_was_not_listening_still_stops_the_job(
+    real_broker: Broker, records: JobRecordStore
+) -> None:
+    @dramatiq.actor(queue_name=QUEUE, max_retries=0)
+    def long() -> None:
+        for _ in range(600):
+            time.sleep(0.05)
+
+    message = long.send()
+    with worker(real_broker):
+        assert wait_until(lambda: records.get(message.message_id).state == "running", 20)  # type: ignore[union-attr]
+        # The worker's subscription drops (this test's database's only: other tests' workers
+        # share the server); the announcement is published to no one.
+        db = int(records.client.connection_pool.connection_kwargs.get("db", 0))
+        listening = records.client.client_list(_type="pubsub")
+        mine = [client["id"] for client in listening if int(client["db"]) == db]
+        assert mine
+        for client_id in mine:
+            records.client.client_kill_filter(_id=client_id)
+        [outcome] = records.cancel([message.message_id])
+        assert outcome.outcome == "cancelling"
+        # Once subscribed again, the worker finds the cancel in the record.
+        record = finished(records, message.message_id, timeout=15)
+    assert record.state == "cancelled"
