@@ -321,12 +321,21 @@ class JobRecordStore:
         else:
             keys = [f"{INDEX}s:{state}" for state in wanted]
         high = f"({before_ms}" if before_ms is not None else "+inf"
-        low = since_ms if since_ms is not None else "-inf"
+        # A finished job's record expires TTL after it finished, while its index entries
+        # stay until a later job of the same index finishes (never, for an actor that no
+        # longer runs): older entries name no record, so they are not read at all.
+        expired = int(time.time() * 1000) - self.ttl_ms if self.ttl_ms > 0 else None
+        lows: list[int | str] = []
+        for state in wanted:
+            bound = since_ms
+            if state in FINISHED and expired is not None:
+                bound = expired if bound is None else max(bound, expired)
+            lows.append("-inf" if bound is None else bound)
         found: list[JobRecord] = []
         offset, batch = 0, max(limit, 50)
         while keys and len(found) < limit:
             with self.client.pipeline(transaction=False) as pipe:
-                for key in keys:
+                for key, low in zip(keys, lows, strict=True):
                     pipe.zrevrangebyscore(key, high, low, start=offset, num=batch, withscores=True)
                 pages = pipe.execute()
             merged = list(heapq.merge(*pages, key=lambda item: -item[1]))

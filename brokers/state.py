@@ -28,5 +28,6 @@ def state_client(
         return broker.client, ""
     return None, (
         f"{type(broker).__name__} keeps no jobkit state; set {STATE_URL_ENV} to a Redis "
-        "URL (e.g. redis://127.0.0.1:6379/0) for rate and concurrency limits and dead letters"
+        "URL (e.g. redis://127.0.0.1:6379/0) for rate and concurrency limits, dead letters and "
+        "job records"
     )

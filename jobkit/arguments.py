@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn
 
@@ -30,6 +31,8 @@ _ABOUT_ARGUMENT = re.compile(r"argument (\S+): (.*)", re.S)
 #: argparse's wording of a value outside ``choices`` (quoted choices up to Python 3.12).
 _INVALID_CHOICE = re.compile(r"invalid choice: (.*) \(choose from (.*)\)", re.S)
 _ID_TEXT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+#: Longest id taken: Dramatiq's are 36 characters; far longer is a paste gone wrong.
+MAX_ID = 200
 
 
 class Parser(argparse.ArgumentParser):
@@ -149,9 +152,46 @@ def name(text: str) -> str:
 
 def id_prefix(text: str) -> str:
     """An id, or its first characters (at least ``MIN_PREFIX``), as ``jobkit`` lists it."""
-    if len(text) < MIN_PREFIX or not _ID_TEXT.fullmatch(text):
-        raise _bad(f"an id or its first {MIN_PREFIX} or more characters", text)
+    if len(text) > MAX_ID:  # not echoed whole: it would not be one line worth reading
+        raise argparse.ArgumentTypeError(
+            f"must be an id of at most {MAX_ID} characters, got {len(text)} starting {text[:20]!r}"
+        )
+    accepted = f"an id or its first {MIN_PREFIX} or more characters"
+    if len(text) < MIN_PREFIX:
+        raise _bad(accepted, text)
+    if not _ID_TEXT.fullmatch(text):
+        error = _bad(accepted, text)
+        raise argparse.ArgumentTypeError(f"{error} (ids are letters, digits and - _ . :)")
     return text
+
+
+def seconds(text: str) -> float:
+    """A number of seconds >= 0, whole or not (``30``, ``0.5``)."""
+    accepted = "a number of seconds >= 0, e.g. 30 or 0.5"
+    try:
+        value = float(text)
+    except ValueError:
+        raise _bad(accepted, text) from None
+    if not math.isfinite(value) or value < 0:
+        raise _bad(accepted, text)
+    return value
+
+
+def one_or_more_of(choices: Sequence[str], label: str) -> Callable[[str], list[str]]:
+    """A converter for one or more of ``choices``, comma-separated (``failed,cancelled``).
+
+    With ``action="extend"`` the option may also be repeated.
+    """
+    accepted = f"one or more of {', '.join(choices)} (comma-separated)"
+
+    def convert(text: str) -> list[str]:
+        values = [part.strip() for part in text.split(",")]
+        if not all(value in choices for value in values):
+            raise _bad(accepted, text)
+        return values
+
+    convert.__name__ = label
+    return convert
 
 
 def http_url(text: str) -> str:

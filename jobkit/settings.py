@@ -543,9 +543,10 @@ class Settings(BaseSettings):
 
     state_url: Annotated[str, _parser(_state_url)] = _setting(
         "", "Redis (`redis://`, `rediss://`, `unix://`) holding jobkit's state: rate-limit and "
-        "concurrency state, periodic tick locks, crash counts and dead letters. Unset: the "
-        "broker's own Redis (Redis and embedded brokers); needed on RabbitMQ. See [Rate "
-        "limits](middleware/rate-limits.md), [Dead letters](middleware/dead-letters.md)",
+        "concurrency state, periodic tick locks, crash counts, dead letters and job records. "
+        "Unset: the broker's own Redis (Redis and embedded brokers); needed on RabbitMQ. See "
+        "[Rate limits](middleware/rate-limits.md), [Dead letters](middleware/dead-letters.md), "
+        "[Job records](middleware/job-records.md)",
         group=STATE, shown="unset: the broker's Redis", secret="url",
         env=("JOBKIT_STATE_URL", "JOBKIT_RATE_LIMIT_URL"))  # fmt: skip
     concurrency_lease_ms: Annotated[int, _whole(100, "milliseconds, at least 100")] = _setting(

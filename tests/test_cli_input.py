@@ -376,6 +376,7 @@ def test_an_undelayed_send_says_no_due_time(real_broker: Broker, real_broker_kin
         ["queues"],
         ["stats"],
         ["send"],
+        ["jobs", "cancel"],
         ["dead-letters", "list"],
         ["dead-letters", "show"],
         ["dead-letters", "replay"],

@@ -22,10 +22,20 @@ from jobkit.arguments import Parser, like_setting
 from jobkit.errors import JobkitError, UsageError
 from jobkit.settings import current
 
-from . import bench, dead_letter_commands, embedded_commands, queues, send, stats, worker
+from . import bench, dead_letter_commands, embedded_commands, jobs, queues, send, stats, worker
 from .environment import add_epilogs
 
-COMMANDS = (demo, worker, queues, stats, send, dead_letter_commands, bench, embedded_commands)
+COMMANDS = (
+    demo,
+    worker,
+    queues,
+    stats,
+    send,
+    jobs,
+    dead_letter_commands,
+    bench,
+    embedded_commands,
+)
 #: Commands that pass options they do not know on: to dramatiq, to the benchmark suite.
 PASS_ON = {"worker": "dramatiq_args", "bench": "suite_args"}
 
@@ -33,8 +43,8 @@ PASS_ON = {"worker": "dramatiq_args", "bench": "suite_args"}
 def build_parser() -> Parser:
     parser = Parser(
         prog="jobkit",
-        description="Background jobs on Dramatiq: run the demo, inspect queues, send jobs, "
-        "inspect and replay dead letters, manage the embedded broker.",
+        description="Background jobs on Dramatiq: run the demo, inspect queues, send jobs and "
+        "follow them by id, inspect and replay dead letters, manage the embedded broker.",
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="show full tracebacks on errors"

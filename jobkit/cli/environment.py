@@ -35,6 +35,9 @@ READS: dict[str, tuple[str, ...]] = {
     "queues": ("app", "broker_url", "home", "state_url"),
     "stats": ("metrics_host", "metrics_port"),
     "send": ("app", "broker_url", "home", "signing_key", "max_message_bytes"),
+    "jobs": ("app", "broker_url", "home", "state_url", "job_records"),
+    # A job cancelled before it ran is finished here: its record expires after the TTL.
+    "jobs cancel": ("job_ttl",),
     "dead-letters": ("app", "broker_url", "home", "state_url"),
     "dead-letters show": ("log_redact", "log_max_value"),
     "dead-letters replay": ("signing_key", "max_message_bytes"),
