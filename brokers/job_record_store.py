@@ -61,6 +61,22 @@ CANCEL_CHANNEL = "jobkit:jobs:cancel"
 LISTING = "jobkit jobs list"
 _SCRIPT = (Path(__file__).parent / "lua" / "job_records.lua").read_text()
 _WAIT_FIRST_S, _WAIT_MAX_S = 0.02, 0.5
+#: Newest jobs of each state searched first for an id prefix (:meth:`JobRecordStore.resolve`).
+RECENT = 10_000
+#: Characters of the short ids listings show (``jobkit.output``'s ``SHORT_ID``).
+SHORT_ID = 8
+# The ids among the newest ARGV[2] of each index (KEYS) that start with ARGV[1].
+_RECENT_SCRIPT = """
+local prefix, found = ARGV[1], {}
+for _, key in ipairs(KEYS) do
+    for _, id in ipairs(redis.call("zrevrange", key, 0, tonumber(ARGV[2]) - 1)) do
+        if string.sub(id, 1, #prefix) == prefix then
+            table.insert(found, id)
+        end
+    end
+end
+return found
+"""
 
 
 class JobRecordError(JobkitError):
@@ -177,6 +193,7 @@ class JobRecordStore:
         self.client = client
         self.ttl_ms = ttl_ms
         self._script = client.register_script(_SCRIPT)
+        self._recent = client.register_script(_RECENT_SCRIPT)
         self.writer = RecordWriter(self._apply)
         self._watcher: threading.Thread | None = None
         self._watching = threading.Event()
@@ -280,16 +297,27 @@ class JobRecordStore:
         return record
 
     def resolve(self, prefix: str) -> str:
-        """The id of the one job whose id is or starts with ``prefix`` (git-style)."""
+        """The id of the one job whose id is or starts with ``prefix`` (git-style).
+
+        Ids come from listings, which show recent jobs: the newest ``RECENT`` of each
+        state are searched first, in the store; a prefix of 8 characters or more (the
+        listings' short ids) that names one of them is taken (another job sharing 32
+        bits of a random id is a one-in-four-billion chance per job). Otherwise every
+        id is scanned: seconds with a million records.
+        """
         if self.client.exists(RECORD + prefix):
             return prefix
         found: set[str] = set()
         if len(prefix) >= MIN_PREFIX:
-            for state in STATES:
-                for member, _score in self.client.zscan_iter(
-                    f"{INDEX}s:{state}", match=match_pattern(prefix), count=1000
-                ):
-                    found.add(member.decode())
+            keys = [f"{INDEX}s:{state}" for state in STATES]
+            recent = self._recent(keys=keys, args=[prefix, RECENT])
+            found = {member.decode() for member in recent}
+            if len(found) != 1 or len(prefix) < SHORT_ID:
+                for key in keys:
+                    for member, _score in self.client.zscan_iter(
+                        key, match=match_pattern(prefix), count=1000
+                    ):
+                        found.add(member.decode())
         try:
             return resolve_id(prefix, sorted(found), what="job", listing=LISTING)
         except UnknownId as error:
@@ -314,23 +342,27 @@ class JobRecordStore:
         self.flush()
         wanted = list(states) or list(STATES)
         if actor is not None:
-            keys = [f"{INDEX}a:{actor}:{state}" for state in wanted]
+            actors = [actor]
         elif queue is not None:
             actors = [name for name, its in self.actors().items() if its == queue]
-            keys = [f"{INDEX}a:{name}:{state}" for name in actors for state in wanted]
-        else:
-            keys = [f"{INDEX}s:{state}" for state in wanted]
         high = f"({before_ms}" if before_ms is not None else "+inf"
         # A finished job's record expires TTL after it finished, while its index entries
         # stay until a later job of the same index finishes (never, for an actor that no
         # longer runs): older entries name no record, so they are not read at all.
         expired = int(time.time() * 1000) - self.ttl_ms if self.ttl_ms > 0 else None
+        keys: list[str] = []
         lows: list[int | str] = []
         for state in wanted:
             bound = since_ms
             if state in FINISHED and expired is not None:
                 bound = expired if bound is None else max(bound, expired)
-            lows.append("-inf" if bound is None else bound)
+            low: int | str = "-inf" if bound is None else bound
+            if actor is None and queue is None:
+                keys.append(f"{INDEX}s:{state}")
+                lows.append(low)
+            else:
+                keys += [f"{INDEX}a:{name}:{state}" for name in actors]
+                lows += [low] * len(actors)
         found: list[JobRecord] = []
         offset, batch = 0, max(limit, 50)
         while keys and len(found) < limit:

@@ -11,6 +11,7 @@ import pytest
 from dramatiq import Broker
 
 from brokers.dead_letter_store import dead_letter_store
+from brokers.id_prefixes import AmbiguousId
 from brokers.job_record_store import (
     JobFailed,
     JobRecord,
@@ -295,3 +296,19 @@ def test_a_cancel_announced_while_the_worker_was_not_listening_still_stops_the_j
         # Once subscribed again, the worker finds the cancel in the record.
         record = finished(records, message.message_id, timeout=15)
     assert record.state == "cancelled"
+
+
+def test_an_id_is_found_from_a_unique_prefix_and_an_ambiguous_one_is_refused(
+    records: JobRecordStore,
+) -> None:
+    ids = ["abcd1234-0000", "abcd1234-1111", "abce9999-0000"]
+    for n, job_id in enumerate(ids):
+        records.put(Event("e", job_id, "a", "q", ordinal(1, 0, 0), "queued", n + 1))
+    records.flush()
+    assert records.resolve("abce9999") == "abce9999-0000"  # a listing's short id
+    assert records.resolve("abce") == "abce9999-0000"  # shorter: every id is scanned
+    assert records.resolve("abcd1234-1") == "abcd1234-1111"
+    with pytest.raises(AmbiguousId, match="2 jobs have ids starting 'abcd1234'"):
+        records.resolve("abcd1234")
+    with pytest.raises(UnknownJob, match="no job with id starting 'ffff'"):
+        records.resolve("ffff")

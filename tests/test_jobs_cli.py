@@ -38,7 +38,7 @@ UNKNOWN = "99999999-0000-4000-8000-000000000009"
 RECORD_KEYS = {
     "id", "state", "actor", "queue", "priority", "args", "enqueued_at", "state_at", "due_at",
     "history", "attempts", "progress", "has_result", "result_error", "dead_letter", "reason",
-    "replayed_from", "replayed_as", "group", "cancel_requested_at", "result",
+    "replayed_from", "replayed_as", "group", "unique_key", "cancel_requested_at", "result",
 }  # fmt: skip
 
 

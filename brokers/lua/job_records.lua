@@ -12,7 +12,8 @@
 -- jobkit:jobs:actors (hash actor -> queue): an actor's jobs all go to its queue, so a
 -- queue's jobs are its actors' (one index entry less per job: a third of its memory).
 -- A finished job's string expires after the TTL (0: never); its index entries are
--- trimmed by score as later jobs finish. Unfinished jobs' strings never expire.
+-- trimmed by score as later jobs finish, and every actor's once a minute
+-- (jobkit:jobs:swept). Unfinished jobs' strings never expire.
 --
 -- ARGV[1] = "apply": ARGV[2] = TTL ms, then events of 9 + 2n items each:
 --   kind ("e" event, "c" claim, "p" patch of an existing record), id, actor, queue,
@@ -227,8 +228,18 @@ while i <= #ARGV do
         save(key, doc)
     end
 end
-if next(trim) then
+if next(trim) and ttl > 0 then
     local clock = redis.call("time")
-    trim_indexes(tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000))
+    local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+    -- Once a minute, every actor's finished indexes too: an actor that no longer runs
+    -- has no later job to trim its entries.
+    if redis.call("set", I .. "swept", 1, "NX", "PX", 60000) then
+        for _, actor in ipairs(redis.call("hkeys", I .. "actors")) do
+            for state in pairs(TERMINAL) do
+                trim[I .. "a:" .. actor .. ":" .. state] = true
+            end
+        end
+    end
+    trim_indexes(now)
 end
 return replies

@@ -249,6 +249,8 @@ def print_record(record: JobRecord) -> None:
     field("enqueued", record.enqueued_at)
     if record.group:
         field("group", record.group)
+    if record.unique_key:
+        field("unique key", record.unique_key)
     if record.cancel_requested_at:
         field("cancel requested", record.cancel_requested_at)
     if record.replayed_from:
