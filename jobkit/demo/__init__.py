@@ -333,6 +333,7 @@ def _print_summary(summary: dict[str, Any], *, stopped_broker: bool) -> None:
     # The demo stopped the server it started; listing does not start one (it would linger).
     start = f"{jobkit} embedded start && " if stopped_broker else ""
     print_line(f"dead letters: {start}{jobkit} dead-letters list   (replay, show, purge them too)")
+    print_line(f"every job: {start}{jobkit} jobs list --state failed   (show, wait, cancel too)")
 
 
 def jobkit_command() -> str:
