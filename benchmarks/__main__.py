@@ -1,7 +1,8 @@
 """``python -m benchmarks`` (also ``jobkit bench``): the whole suite in one run.
 
     python -m benchmarks [--brokers redis,rabbitmq,embedded] [--messages N] [--repeat K]
-                         [--quick] [--scenarios LIST] [--json PATH] [--plot PATH.png]
+                         [--records N] [--quick] [--scenarios LIST] [--json PATH]
+                         [--plot PATH.png]
 
 See ``benchmarks.suite`` for the scenarios and the method. A broker that does
 not answer is skipped with one line; the others still run.
@@ -24,14 +25,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from benchmarks.harness import BROKERS, URLS, broker_environment, machine_facts
 from benchmarks.report import markdown, plot, print_report
-from benchmarks.suite import SCENARIOS, Runner, Settings, versions
+from benchmarks.suite import DEFAULT_SCENARIOS, SCENARIOS, Runner, Settings, versions
 
 QUICK_MESSAGES = 2000
 
 
 def _list(choices: Sequence[str]) -> Any:
     def parse(text: str) -> list[str]:
-        items = [item.strip() for item in text.split(",") if item.strip()]
+        # records-scale and records_scale name the same scenario.
+        items = [item.strip().replace("-", "_") for item in text.split(",") if item.strip()]
         unknown = sorted(set(items) - set(choices))
         if unknown:
             raise argparse.ArgumentTypeError(
@@ -59,13 +61,20 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     parser.add_argument(
         "--scenarios",
         type=_list(SCENARIOS),
-        default=list(SCENARIOS),
-        help=f"comma-separated subset of: {', '.join(SCENARIOS)} (default: all)",
+        default=list(DEFAULT_SCENARIOS),
+        help=f"comma-separated subset of: {', '.join(SCENARIOS)} (default: all but "
+        "records_scale, which writes --records job records)",
     )
     parser.add_argument(
         "--messages", type=int, metavar="N", help="jobs per drain and bulk send (20000)"
     )
     parser.add_argument("--repeat", type=int, metavar="K", help="runs per measurement (3)")
+    parser.add_argument(
+        "--records",
+        type=int,
+        metavar="N",
+        help="finished job records written for records_scale (1000000; --quick 100000)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -102,13 +111,14 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 
     messages = args.messages or (QUICK_MESSAGES if args.quick else 20_000)
     repeat = args.repeat or (1 if args.quick else 3)
-    settings = Settings.of(messages, repeat, args.quick)
+    settings = Settings.of(messages, repeat, args.quick, args.records)
     home = Path(tempfile.mkdtemp(prefix="jk-bench-", dir="/tmp"))
     report: dict[str, Any] = {
         "settings": {
             "messages": messages,
             "repeat": repeat,
             "quick": args.quick,
+            "records": settings.records,
             "scenarios": args.scenarios,
         },  # fmt: skip
         "brokers": {},

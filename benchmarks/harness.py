@@ -17,12 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
 from dramatiq import Broker
 
 from benchmarks.plain import plain_broker
 from benchmarks.workload import COMPLETIONS_ENV, PLAIN_QUEUE, QUEUE, BenchActors, declare
 from brokers import build_broker, queue_depths
+from brokers.job_record_store import INDEX, RECORD, JobRecordError, job_records
 from brokers.processes import start_process_group, stop_process_group
+from brokers.state import state_client
+from jobkit.settings import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -238,12 +242,50 @@ URLS = {
 
 
 def fill(actor: Any, count: int, *args: Any) -> None:
-    """``count`` messages of ``actor``: in bulk (``send_many``; any broker), not timed."""
+    """``count`` messages of ``actor``: in bulk (``send_many``; any broker), not timed.
+
+    Returns once their job records (``queued``) are written too, so that the
+    sender's record writer does not compete with the workers measured next.
+    """
     from brokers import send_many
 
     for start in range(0, count, 5000):
         batch = [actor.message(*args) for _ in range(min(5000, count - start))]
         send_many(batch, broker=actor.broker)
+    settle_records(actor.broker)
+
+
+def settle_records(broker: Broker, timeout: float = 120.0) -> None:
+    """Wait until the job records ``broker``'s sends made are written (none if records are off)."""
+    with contextlib.suppress(JobRecordError):
+        if not job_records(broker).flush(timeout):
+            raise TimeoutError(f"the senders' job records were not written within {timeout:.0f} s")
+
+
+def record_client(broker: Broker) -> redis.Redis | None:
+    """The state Redis holding ``broker``'s job records, or None (RabbitMQ without one).
+
+    From the environment as it is now: :func:`broker_environment` may have set
+    ``JOBKIT_STATE_URL`` after this process first read its settings.
+    """
+    return state_client(broker, load_settings())[0]
+
+
+def clear_records(client: redis.Redis | None) -> int:
+    """Delete every job record and index in ``client``'s database; how many keys went."""
+    if client is None:
+        return 0
+    deleted = 0
+    for pattern in (f"{RECORD}*", f"{INDEX}*"):
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=pattern, count=5000):
+            batch.append(key)
+            if len(batch) >= 5000:
+                deleted += int(client.unlink(*batch))
+                batch = []
+        if batch:
+            deleted += int(client.unlink(*batch))
+    return deleted
 
 
 def drain_rate(
@@ -261,6 +303,8 @@ def drain_rate(
     """
     filler, bench = system.sender(url, confirm=False)
     filler.flush_all()
+    records = record_client(filler) if system.is_jobkit else None
+    clear_records(records)  # earlier runs' records: each drain starts from none
     if job_ms is None:
         fill(bench.noop, jobs)
     else:
@@ -271,16 +315,23 @@ def drain_rate(
     ):
         rate = drain_window(work / "completions", jobs)
     filler.flush_all()
+    clear_records(records)
     filler.close()
     return rate
 
 
-def drain_window(completions: Path, jobs: int) -> float:
-    """Jobs per second while ``completions`` goes from 5% to all ``jobs`` (boot excluded)."""
+def drain_window(completions: Path, jobs: int, settled: Callable[[], bool] | None = None) -> float:
+    """Jobs per second while ``completions`` goes from 5% to all ``jobs`` (boot excluded).
+
+    With ``settled``, the window ends once it is also true (e.g. every job's
+    record is written), so that work a worker leaves to a background thread counts.
+    """
     start_mark = max(jobs // 20, 1)
     wait_for(lambda: completed(completions) >= start_mark, 120, "the first jobs")
     started, done_at_start = time.monotonic(), completed(completions)
     wait_for(lambda: completed(completions) >= jobs, 600, f"{jobs} jobs", 0.001)
+    if settled is not None:
+        wait_for(settled, 120, "the work left after the jobs", 0.002)
     return (jobs - done_at_start) / (time.monotonic() - started)
 
 

@@ -103,6 +103,8 @@ def sections(report: dict[str, Any]) -> list[Section]:
             rows.append(("jobkit (full stack)", name, spread(result["drain"]["1x8"]["jobkit"])))
     out.append(("peers, no-op jobs/s drained (8 threads)", ("system", "broker", "jobs/s"), rows))
 
+    out += record_sections(brokers)
+
     out.append(
         (
             "targets (ratios from this run)",
@@ -111,6 +113,96 @@ def sections(report: dict[str, Any]) -> list[Section]:
         )
     )
     return [section for section in out if section[2]]
+
+
+def record_sections(brokers: dict[str, Any]) -> list[Section]:
+    """Job records: on vs off, and the store at scale (list, show, resolve, memory)."""
+    rows: list[tuple[str, ...]] = []
+    for name, result in brokers.items():
+        for measure, pair in result.get("records", {}).items():
+            unit = "jobs/s" if measure.startswith("drain") else "msg/s"
+            rows.append(
+                (
+                    name,
+                    f"{measure} ({unit})",
+                    spread(pair["on"]),
+                    spread(pair["off"]),
+                    spread(pair["ratios"], "{:.2f}"),
+                )
+            )
+    out: list[Section] = [
+        ("job records on vs off", ("broker", "measure", "on", "off", "on/off"), rows)
+    ]
+    rows = []
+    memory_rows: list[tuple[str, ...]] = []
+    for name, result in brokers.items():
+        scale = result.get("records_scale")
+        if not scale or "skipped" in scale:
+            continue
+        count = f"{scale['records']:,}"
+        for query, timing in scale["queries"].items():
+            found = str(timing.get("found", ""))
+            rows.append(
+                (name, query, f"{timing['median_ms']:.1f}", f"{timing['max_ms']:.1f}", found)
+            )
+        memory = scale["memory"]
+        written = f"{scale['write_s']:.0f} s, {scale['events_per_s']:,} events/s"
+        memory_rows += [
+            (name, f"written ({count} records)", written),
+            (name, "used_memory delta / records", f"{memory['bytes_per_record']} B"),
+            *(
+                (name, f"MEMORY USAGE: {what}", f"{memory[key]} B")
+                for what, key in (
+                    ("record + its index entries", "memory_usage_per_record"),
+                    ("one succeeded record", "memory_usage_succeeded_record"),
+                    ("one failed record", "memory_usage_failed_record"),
+                    ("index entries per record", "index_bytes_per_record"),
+                )
+            ),
+            (name, "index keys", str(memory["index_keys"])),
+            (name, "record encoding", memory["record_encoding"]),
+        ]
+    out.append(
+        (
+            "job records at scale, ms (finished records in the state Redis)",
+            ("broker", "query", "median", "max", "found"),
+            rows,
+        )
+    )
+    out.append(("job records at scale, memory", ("broker", "measure", "value"), memory_rows))
+    return out
+
+
+def record_target_rows(brokers: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Job records' targets: on/off ratios >= 0.9; list and show < 50 ms; <= 1 KB a record."""
+    rows = []
+    for name, result in brokers.items():
+        for measure, pair in result.get("records", {}).items():
+            rows.append(
+                (f"records on/off, {measure}", name, spread(pair["ratios"], "{:.2f}"), ">= 0.9")
+            )
+        scale = result.get("records_scale")
+        if not scale or "skipped" in scale:
+            continue
+        queries = scale["queries"]
+        lists = [t["median_ms"] for q, t in queries.items() if q.startswith("list")]
+        slowest = max(lists)
+        rows.append(
+            (f"records list at {scale['records']:,} (slowest median)", name, f"{slowest:.1f} ms",
+             "< 50 ms"),
+        )  # fmt: skip
+        show = queries["show (random id)"]["median_ms"]
+        rows.append((f"records show at {scale['records']:,}", name, f"{show:.1f} ms", "< 50 ms"))
+        memory = scale["memory"]
+        rows.append(
+            (
+                "memory per finished record (used_memory delta)",
+                name,
+                f"{memory['bytes_per_record']} B",
+                "<= 1024 B",
+            )
+        )
+    return rows
 
 
 def tables(report: dict[str, Any]) -> list[Table]:
@@ -194,6 +286,7 @@ def target_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 ">= 0.8",
             )
         )
+    rows += record_target_rows(brokers)
     return rows
 
 

@@ -14,7 +14,12 @@ Scenarios (names for ``--scenarios``):
 - ``priority``: how long an urgent job waits behind a backlog of 2 ms jobs
   (jobkit levels against Dramatiq's actor priorities);
 - ``peers``: Celery (threads pool, 8) on Redis and RabbitMQ and RQ
-  (SimpleWorker) on Redis, on the same no-op work, when installed.
+  (SimpleWorker) on Redis, on the same no-op work, when installed;
+- ``records``: job records on vs off: no-op drain 1 x 8, ``send`` and
+  ``send_many`` (``benchmarks.record_costs``);
+- ``records_scale`` (also ``records-scale``): ``--records`` finished job records
+  in the state Redis, then list, show and resolve times and memory per record
+  (``benchmarks.record_scale``).
 
 Workers run through the real CLIs; completions are counted in files outside
 the broker; each measurement starts from an empty queue; the first 5% of a
@@ -31,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import peers
+from benchmarks import peers, record_costs, record_scale
 from benchmarks.harness import (
     JOBKIT_APP,
     PLAIN,
@@ -39,6 +44,7 @@ from benchmarks.harness import (
     drain_rate,
     free_port,
     interleaved,
+    record_client,
     running_workers,
     scratch,
     wait_for,
@@ -46,12 +52,20 @@ from benchmarks.harness import (
 from benchmarks.plain import plain_broker
 from benchmarks.priorities import percentile, urgent_latency
 from benchmarks.workload import QUEUE, declare
-from brokers import send_many
+from brokers import build_broker, send_many
+from jobkit.settings import load_settings
 
-SCENARIOS = ("enqueue", "drain", "latency_bound", "e2e_latency", "priority", "peers")
+SCENARIOS = (
+    "enqueue", "drain", "latency_bound", "e2e_latency", "priority", "peers", "records",
+    "records_scale",
+)  # fmt: skip
 DRAIN_SHAPES = ((1, 1), (1, 8), (2, 8))
+#: A plain run's scenarios: records_scale (a million records) runs when named.
+DEFAULT_SCENARIOS = tuple(name for name in SCENARIOS if name != "records_scale")
 #: --quick skips 1 x 1: a worker boot per measurement is most of a quick run's time.
 QUICK_DRAIN_SHAPES = ((1, 8), (2, 8))
+#: Finished job records for records_scale: the issue's million; --quick writes fewer.
+RECORDS, QUICK_RECORDS = 1_000_000, 100_000
 
 
 def full_stack() -> System:
@@ -80,14 +94,20 @@ class Settings:
     backlog: int
     trials: int
     drain_shapes: tuple[tuple[int, int], ...] = DRAIN_SHAPES
+    #: Finished job records written for ``records_scale``.
+    records: int = RECORDS
 
     @classmethod
-    def of(cls, messages: int, repeat: int, quick: bool) -> Settings:
+    def of(cls, messages: int, repeat: int, quick: bool, records: int | None = None) -> Settings:
         if quick:
             return cls(
-                messages, repeat, messages, min(messages, 500), 100, 1.0, 500, 5, QUICK_DRAIN_SHAPES
-            )
-        return cls(messages, repeat, messages, min(messages, 2000), 200, 5, 5000, 20)
+                messages, repeat, messages, min(messages, 500), 100, 1.0, 500, 5,
+                QUICK_DRAIN_SHAPES, records or QUICK_RECORDS,
+            )  # fmt: skip
+        return cls(
+            messages, repeat, messages, min(messages, 2000), 200, 5, 5000, 20, DRAIN_SHAPES,
+            records or RECORDS,
+        )  # fmt: skip
 
 
 class Runner:
@@ -229,6 +249,30 @@ class Runner:
             }
         return result
 
+    # -- job records ---------------------------------------------------------------
+
+    def records(self, url: str) -> dict[str, Any]:
+        s = self.settings
+        return record_costs.on_off(
+            url,
+            repeat=s.repeat,
+            jobs=s.messages,
+            sends=s.single_sends,
+            bulk=s.enqueue_messages,
+            step=self.step,
+        )
+
+    def records_scale(self, url: str) -> dict[str, Any]:
+        # The environment as it is now (broker_environment may have set JOBKIT_STATE_URL).
+        broker = build_broker(url, settings=load_settings())
+        try:
+            client = record_client(broker)
+            if client is None:
+                return {"skipped": "no state Redis (set JOBKIT_STATE_URL)"}
+            return record_scale.measure(client, self.settings.records, self.step)
+        finally:
+            broker.close()
+
     # -- peers -------------------------------------------------------------------
 
     def peers(self, urls: dict[str, str]) -> dict[str, Any]:
@@ -264,6 +308,8 @@ class Runner:
             "latency_bound": 2 * r,
             "e2e_latency": 2,
             "priority": 2,
+            "records": record_costs.STEPS_PER_REPEAT * r,
+            "records_scale": 2,
         }
         total = 0
         for name in brokers:

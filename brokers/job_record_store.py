@@ -283,6 +283,8 @@ class JobRecordStore:
     # -- reading -------------------------------------------------------------------
 
     def get(self, job_id: str) -> JobRecord | None:
+        """The record of ``job_id``, or None; this process's own events are written first."""
+        self.flush()  # a job just sent from here is found, not "unknown"
         raw = cast("bytes | None", self.client.get(RECORD + job_id))
         return _record(job_id, raw) if raw is not None else None
 
@@ -373,11 +375,16 @@ class JobRecordStore:
             merged = list(heapq.merge(*pages, key=lambda item: -item[1]))
             if not merged:
                 break
-            ids = [member.decode() for member, _score in merged]
-            for record in self._records(ids):
-                if queue is not None and record.queue != queue:
-                    continue
-                found.append(record)
+            # Newest first: read only as many records as are still wanted (a listing of
+            # every state, or of a queue's actors, would otherwise read a page per index).
+            position = 0
+            while position < len(merged) and len(found) < limit:
+                chunk = merged[position : position + limit - len(found)]
+                position += len(chunk)
+                for record in self._records([member.decode() for member, _score in chunk]):
+                    if queue is not None and record.queue != queue:
+                        continue
+                    found.append(record)
             if all(len(page) < batch for page in pages):
                 break
             offset += batch

@@ -3,7 +3,9 @@
 Job threads hand events over (:meth:`RecordWriter.put`) and go on; a claim
 (a worker about to run a job) waits for its answer, which comes with the next
 batch, so under load many claims share one round trip. As with acks
-(``brokers/acks.py``), a batch goes out as soon as the previous one returned.
+(``brokers/acks.py``), a batch with a claim goes out as soon as the previous one
+returned; events alone wait up to ``LINGER_S`` for more (a sender in a loop then
+writes dozens of records a round trip instead of one or two).
 
 When the store does not answer, jobs go on: claims are answered "unknown" at
 once (the job runs), events wait (at most ``MAX_PENDING``; older ones are
@@ -30,6 +32,10 @@ MAX_PENDING = 100_000
 RETRY_INTERVAL_S = 0.5
 #: How long a claim waits for its batch before the job runs unrecorded.
 CLAIM_TIMEOUT_S = 5.0
+#: How long events without a claim wait for more before they are written: a round
+#: trip and a script call cost more than the events in them (a claim, a full batch
+#: or a flush ends the wait at once).
+LINGER_S = 0.002
 
 Apply = Callable[[Sequence[Event]], list[ClaimReply]]
 
@@ -53,6 +59,10 @@ class RecordWriter:
         self._all_written = threading.Condition(self._lock)
         self._pending: list[tuple[Event, _Waiter | None]] = []
         self._writing = 0
+        #: Claims waiting in ``_pending``; the writer lingers only when there are none.
+        self._claims = 0
+        self._lingering = False
+        self._flushing = 0
         self._down = False
         self._dropped = 0
         self._pid = -1
@@ -85,23 +95,31 @@ class RecordWriter:
         with self._lock:
             if self._thread is None or self._pid != os.getpid():
                 return not self._pending
-            return self._all_written.wait_for(
-                lambda: not self._pending and not self._writing, timeout
-            )
+            self._flushing += 1  # no lingering: whoever flushes wants the records now
+            self._has_work.notify()
+            try:
+                return self._all_written.wait_for(
+                    lambda: not self._pending and not self._writing, timeout
+                )
+            finally:
+                self._flushing -= 1
 
     def _add(self, item: tuple[Event, _Waiter | None]) -> None:
         pending = self._pending
         if len(pending) >= MAX_PENDING:
-            del pending[:MAX_BATCH]
-            self._dropped += MAX_BATCH
+            self._drop(MAX_BATCH)
         pending.append(item)
-        self._has_work.notify()
+        if item[1] is not None:
+            self._claims += 1
+        # A lingering writer is woken by a claim or a full batch, not by every event.
+        if not self._lingering or item[1] is not None or len(pending) >= MAX_BATCH:
+            self._has_work.notify()
 
     def _ensure_thread(self) -> None:
         # Lazily, and again in a forked child (threads do not survive a fork).
         if self._pid != os.getpid():
             self._pid = os.getpid()
-            self._pending, self._writing = [], 0
+            self._pending, self._writing, self._claims = [], 0, 0
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
             atexit.register(self.flush, 2.0)
@@ -111,7 +129,9 @@ class RecordWriter:
             with self._lock:
                 while not self._pending:
                     self._has_work.wait()
+                self._linger()
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                self._claims -= sum(1 for _, waiter in batch if waiter is not None)
                 self._writing = len(batch)
             try:
                 replies = self._apply([event for event, _ in batch])
@@ -138,6 +158,19 @@ class RecordWriter:
                 if not self._pending:
                     self._all_written.notify_all()
 
+    def _linger(self) -> None:
+        """Let events without a claim gather for up to ``LINGER_S`` (the lock held)."""
+        deadline = time.monotonic() + LINGER_S
+        self._lingering = True
+        try:
+            while not self._claims and not self._flushing and len(self._pending) < MAX_BATCH:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._has_work.wait(remaining)
+        finally:
+            self._lingering = False
+
     def _failed(self, batch: list[tuple[Event, _Waiter | None]], error: Exception) -> None:
         if not self._down:
             self._down = True
@@ -158,5 +191,10 @@ class RecordWriter:
             self._writing = 0
             over = len(self._pending) - MAX_PENDING
             if over > 0:
-                del self._pending[:over]
-                self._dropped += over
+                self._drop(over)
+
+    def _drop(self, count: int) -> None:
+        """Drop the ``count`` oldest pending events (the lock held)."""
+        self._claims -= sum(1 for _, waiter in self._pending[:count] if waiter is not None)
+        del self._pending[:count]
+        self._dropped += count
