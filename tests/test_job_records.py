@@ -312,3 +312,17 @@ def test_an_id_is_found_from_a_unique_prefix_and_an_ambiguous_one_is_refused(
         records.resolve("abcd1234")
     with pytest.raises(UnknownJob, match="no job with id starting 'ffff'"):
         records.resolve("ffff")
+
+
+def test_a_later_delivery_of_a_job_recorded_as_finished_still_runs(
+    records: JobRecordStore,
+) -> None:
+    """A record wrongly finished by an earlier delivery (a deferral's note read by another
+    thread, say) must not drop a later one: only the same delivery given back is refused."""
+    job = str(uuid.uuid4())
+    at = (job, "a", "q")
+    records.put(Event("e", *at, ordinal(1, 0, 0), "queued", 1))
+    records.put(Event("e", *at, ordinal(1, 0, 4), "skipped", 2))
+    records.flush()
+    assert records.claim(Event("c", *at, ordinal(1, 0, 3), "running", 3)) == "done:skipped"
+    assert records.claim(Event("c", *at, ordinal(1, 1, 3), "running", 4)) == 1

@@ -204,7 +204,9 @@ while i <= #ARGV do
             redis.call("hset", I .. "actors", actor, queue)
         end
         if kind == "c" then
-            if doc.st and TERMINAL[doc.st] then
+            -- Refused as done if it was cancelled, or finished at or after this delivery's
+            -- point (the same message given back); a later delivery runs, never dropped.
+            if doc.st and TERMINAL[doc.st] and ((doc.sq or 0) >= ordinal or doc.cx) then
                 table.insert(replies, "done:" .. doc.st)
             elseif doc.cx then
                 set_fields(doc, id, ms, first, count, false)
