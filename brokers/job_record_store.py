@@ -47,6 +47,7 @@ from middleware.record_sink import (
     UNIQUE_KEY,
     ClaimReply,
     Event,
+    PendingClaim,
 )
 
 from .id_prefixes import MIN_PREFIX, UnknownId, match_pattern, resolve_id
@@ -203,7 +204,7 @@ class JobRecordStore:
     def put(self, event: Event) -> None:
         self.writer.put(event)
 
-    def claim(self, event: Event) -> ClaimReply:
+    def claim(self, event: Event) -> PendingClaim:
         return self.writer.claim(event)
 
     def flush(self, timeout: float = 5.0) -> bool:

@@ -1,14 +1,14 @@
 """Job events written in batches by one thread per process, off the jobs' threads.
 
 Job threads hand events over (:meth:`RecordWriter.put`) and go on; a claim
-(a worker about to run a job) waits for its answer, which comes with the next
-batch, so under load many claims share one round trip. As with acks
+(a worker received a job) is answered with the next batch, so under load many
+claims share one round trip, while the job waits for a worker thread. As with acks
 (``brokers/acks.py``), a batch with a claim goes out as soon as the previous one
 returned; events alone wait up to ``LINGER_S`` for more (a sender in a loop then
 writes dozens of records a round trip instead of one or two).
 
-When the store does not answer, jobs go on: claims are answered "unknown" at
-once (the job runs), events wait (at most ``MAX_PENDING``; older ones are
+When the store does not answer, jobs go on: claims are not made (the job
+runs), events wait (at most ``MAX_PENDING``; older ones are
 dropped) and are retried. One WARNING says when records stopped being
 written and one when they are written again, not one per job.
 """
@@ -16,36 +16,55 @@ written and one when they are written again, not one per job.
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 
-from middleware.record_sink import CLAIM, EVENT, ClaimReply, Event
+from middleware.record_sink import CLAIM, ClaimReply, Event
 
 logger = logging.getLogger("jobkit.job_records")
 
 MAX_BATCH = 500
 MAX_PENDING = 100_000
 RETRY_INTERVAL_S = 0.5
-#: How long a claim waits for its batch before the job runs unrecorded.
-CLAIM_TIMEOUT_S = 5.0
 #: How long events without a claim wait for more before they are written: a round
 #: trip and a script call cost more than the events in them (a claim, a full batch
 #: or a flush ends the wait at once).
 LINGER_S = 0.002
 
+#: This process's id, kept current across forks (``os.getpid()`` is a system call, and
+#: every event checks it: a forked child starts its own writer thread).
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
 Apply = Callable[[Sequence[Event]], list[ClaimReply]]
 
 
 class _Waiter:
+    """A claim's answer to come (:class:`~middleware.record_sink.PendingClaim`)."""
+
     __slots__ = ("done", "reply")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.reply: ClaimReply = None
+
+    def wait(self, timeout: float) -> ClaimReply:
+        return self.reply if self.done.wait(timeout) else None
+
+
+#: The answer when the store is down: none (the job runs unrecorded until it is back).
+_UNANSWERED = _Waiter()
+_UNANSWERED.done.set()
 
 
 class RecordWriter:
@@ -62,6 +81,8 @@ class RecordWriter:
         #: Claims waiting in ``_pending``; the writer lingers only when there are none.
         self._claims = 0
         self._lingering = False
+        #: The writer waits for work (it is neither writing nor lingering).
+        self._idle = False
         self._flushing = 0
         self._down = False
         self._dropped = 0
@@ -78,22 +99,20 @@ class RecordWriter:
             self._ensure_thread()
             self._add((event, None))
 
-    def claim(self, event: Event) -> ClaimReply:
-        if self._down:  # record it when the store is back; the job runs meanwhile
-            self.put(dataclasses.replace(event, kind=EVENT))
-            return None
+    def claim(self, event: Event) -> _Waiter:
+        """Hand over a claim; its answer comes with the next batch (``wait()`` for it)."""
+        if self._down:  # the job runs meanwhile, unclaimed
+            return _UNANSWERED
         waiter = _Waiter()
         with self._lock:
             self._ensure_thread()
             self._add((event, waiter))
-        if not waiter.done.wait(CLAIM_TIMEOUT_S):
-            return None
-        return waiter.reply
+        return waiter
 
     def flush(self, timeout: float) -> bool:
         """Wait until every event handed over so far is written (or dropped)."""
         with self._lock:
-            if self._thread is None or self._pid != os.getpid():
+            if self._thread is None or self._pid != _pid:
                 return not self._pending
             self._flushing += 1  # no lingering: whoever flushes wants the records now
             self._has_work.notify()
@@ -111,14 +130,15 @@ class RecordWriter:
         pending.append(item)
         if item[1] is not None:
             self._claims += 1
-        # A lingering writer is woken by a claim or a full batch, not by every event.
-        if not self._lingering or item[1] is not None or len(pending) >= MAX_BATCH:
+        # An idle writer is woken; a lingering one by a claim or a full batch, not by every
+        # event; a writing one looks for more when its batch returns.
+        if self._idle or (self._lingering and (item[1] is not None or len(pending) >= MAX_BATCH)):
             self._has_work.notify()
 
     def _ensure_thread(self) -> None:
         # Lazily, and again in a forked child (threads do not survive a fork).
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
+        if self._pid != _pid:
+            self._pid = _pid
             self._pending, self._writing, self._claims = [], 0, 0
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
@@ -128,7 +148,9 @@ class RecordWriter:
         while True:
             with self._lock:
                 while not self._pending:
+                    self._idle = True
                     self._has_work.wait()
+                self._idle = False
                 self._linger()
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 self._claims -= sum(1 for _, waiter in batch if waiter is not None)
@@ -152,7 +174,7 @@ class RecordWriter:
                     waiter.reply = next(answers, None)
                     waiter.done.set()
                 elif event.kind == CLAIM:
-                    next(answers, None)  # a claim re-sent after an outage: nobody waits
+                    next(answers, None)  # nobody waits for it any more
             with self._lock:
                 self._writing = 0
                 if not self._pending:
@@ -182,9 +204,9 @@ class RecordWriter:
             )
         kept: list[tuple[Event, _Waiter | None]] = []
         for event, waiter in batch:
-            if waiter is not None:  # the job runs now; its start is recorded later
+            if waiter is not None:  # the job runs unclaimed; its start is its own event
                 waiter.done.set()
-                event = dataclasses.replace(event, kind=EVENT)
+                continue
             kept.append((event, None))
         with self._lock:
             self._pending[:0] = kept

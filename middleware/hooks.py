@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 from dramatiq import Broker, Message, Middleware
+from dramatiq.broker import MessageProxy
 
 
 class JobkitMiddleware(Middleware):
@@ -37,6 +38,12 @@ class JobkitMiddleware(Middleware):
         confirm it). What a middleware took for the send (a unique job's key) is given back here.
         """
 
+    def after_receive(self, broker: Broker, message: MessageProxy) -> None:
+        """Called by jobkit's consumers, in the consumer thread, for each message received
+        (it then waits in the worker's queue, or its delay queue if it has an eta, until a
+        worker thread takes it). Work started here overlaps the wait (JobRecords' claim).
+        """
+
 
 class UsesStateRedis(JobkitMiddleware):
     """A middleware that keeps its state (locks, counts) in the state Redis, when there is one."""
@@ -55,7 +62,7 @@ class UsesStateRedis(JobkitMiddleware):
 
 
 #: The hooks above, by name; each broker emits them through ``emit_after``.
-HOOKS = ("after_state_store", "after_dead_letter", "after_enqueue_failed")
+HOOKS = ("after_state_store", "after_dead_letter", "after_enqueue_failed", "after_receive")
 
 
 def declare_hooks() -> None:

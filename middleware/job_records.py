@@ -5,8 +5,9 @@ the record store (``brokers/job_record_store.py``, given by ``build_stack``):
 
 - ``after_enqueue``: ``queued`` or ``delayed`` (a send or a replay), ``retrying``
   (with the failed attempt), ``deferred`` (RateLimits), ``queued`` again when due;
-- ``before_process_message``: the claim: ``running``, unless the job was cancelled
-  meanwhile or already finished (then it is skipped, not run);
+- ``after_receive`` (jobkit's consumers): the claim, answered while the job waits
+  for a worker thread; ``before_process_message``: ``running``, unless the answer
+  says the job was cancelled meanwhile or already finished (then it is skipped);
 - ``after_ack``: ``succeeded`` (with the result if the actor has
   ``store_results=True``), ``cancelled`` or ``skipped``; ``after_nack``: ``failed``,
   pointing to its dead letter.
@@ -67,6 +68,8 @@ from .record_sink import (
     EVENT,
     FAILED,
     GROUP,
+    KNOWN,
+    LAST_ATTEMPT,
     NEW_ATTEMPT,
     PATCH,
     PRIORITY,
@@ -86,9 +89,9 @@ from .record_sink import (
     SUCCEEDED,
     UNIQUE_KEY,
     Event,
+    PendingClaim,
     RecordSink,
     SinkFactory,
-    attempt_field,
     once,
     ordinal,
 )
@@ -137,18 +140,37 @@ _QUIET_WORKER = _QuietWorker()
 logging.getLogger(WORKER_THREAD_LOGGER).addFilter(_QUIET_WORKER)
 
 
+#: How long a job about to start waits for its claim's answer before it runs unclaimed.
+CLAIM_TIMEOUT_S = 5.0
+#: Attribute of a received message (a Dramatiq MessageProxy) holding its :class:`_Held`.
+HELD = "_jobkit_held"
+#: Jobs held here at most (received, not started); beyond, the oldest are forgotten
+#: (a worker that stopped with messages in hand: they run elsewhere).
+MAX_HELD = 10_000
+
+
+class _Held:
+    """A job received here and claimed, waiting for a worker thread."""
+
+    __slots__ = ("claim", "cancelled")
+
+    def __init__(self) -> None:
+        self.claim: PendingClaim | None = None
+        #: A cancel was announced while it waited: it does not start.
+        self.cancelled = False
+
+
 # Thread id -> the delivery running in it (shared by every JobRecords, read by the helpers).
 _running: dict[int, dict[str, Any]] = {}
+# Job id -> the claimed job waiting here for a worker thread.
+_held: dict[str, _Held] = {}
 _running_lock = threading.Lock()
-# Ids of cancelled running jobs announced while none ran here: the announcement can come
-# between a job's claim and its start (then the job starts cancelled). Oldest dropped first.
-_unmatched_cancels: dict[str, None] = {}
-UNMATCHED_CANCELS = 1000
 
 
-def _running_ids() -> list[str]:
+def _watched_ids() -> list[str]:
+    """The jobs a cancel announcement must reach here: running or held."""
     with _running_lock:
-        return [delivery["message_id"] for delivery in _running.values()]
+        return [delivery["message_id"] for delivery in _running.values()] + list(_held)
 
 
 def cancel_requested() -> bool:
@@ -219,7 +241,7 @@ class JobRecords(JobkitMiddleware):
 
     def after_worker_boot(self, broker: Broker, worker: Any) -> None:
         if self.sink is not None:
-            self.sink.watch_cancels(self._on_cancel, _running_ids)
+            self.sink.watch_cancels(self._on_cancel, _watched_ids)
         elif self.on:
             logger.warning("job records: none are kept: %s", self.no_store_reason)
 
@@ -301,52 +323,49 @@ class JobRecords(JobkitMiddleware):
 
     # -- running -------------------------------------------------------------------
 
+    def after_receive(self, broker: Broker, message: MessageProxy) -> None:
+        if self.sink is None or "eta" in message.options:
+            return  # a delayed message is claimed when it is due (back on its queue)
+        inner = unwrap(message)
+        if q_name(inner.queue_name) == inner.queue_name:
+            setattr(message, HELD, self._claim(self.sink, inner))
+
+    def _claim(self, sink: RecordSink, message: Message) -> _Held:
+        """Claim the job for this worker; cancels announced from now on are caught."""
+        options = message.options
+        step = ordinal(int(options.get("retries", 0)) + 1, int(options.get(DEFERRALS, 0)), START)
+        event = Event(CLAIM, message.message_id, message.actor_name,
+                      q_name(message.queue_name), step, "", _now_ms())  # fmt: skip
+        with _running_lock:  # held before the claim is sent: no announcement is missed
+            if len(_held) >= MAX_HELD:
+                del _held[next(iter(_held))]
+            held = _held[message.message_id] = _Held()
+        held.claim = sink.claim(event)
+        return held
+
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         sink = self.sink
         if sink is None:
             return
         inner = unwrap(message)
+        # Claimed when received (jobkit's consumers), else now (another broker's).
+        held: _Held = getattr(message, HELD, None) or self._claim(sink, inner)
+        assert held.claim is not None
+        reply = held.claim.wait(CLAIM_TIMEOUT_S)
         options = inner.options
         number = int(options.get("retries", 0)) + 1
         deferrals = int(options.get(DEFERRALS, 0))
+        base = ordinal(number, deferrals, 0)
+        queue = q_name(inner.queue_name)
+        actor = broker.actors.get(inner.actor_name)
+        cooperative = bool(actor and actor.options.get("cancel_mode") == COOPERATIVE)
         attempt = ATTEMPTS.get(message)
         started = attempt.started_at if attempt is not None else time.time()
         start_ms = int(started * 1000)
-        queue = q_name(inner.queue_name)
-        fields = self._identity(broker, inner, start_ms)
-        fields[NEW_ATTEMPT] = json.dumps(
-            {"s": start_ms, "w": f"{HOST}:{os.getpid()}"}, separators=SEPARATORS
-        )
-        base = ordinal(number, deferrals, 0)
-        reply = sink.claim(
-            Event(
-                CLAIM,
-                inner.message_id,
-                inner.actor_name,
-                queue,
-                base + START,
-                RUNNING,
-                start_ms,
-                "",
-                fields,
-            )  # fmt: skip
-        )
-        if isinstance(reply, str):
-            note = CANCELLED_NOTE if reply == CANCELLED else FINISHED_NOTE
-            outcomes.note(inner.message_id, note)
-            logger.info(
-                "job %s %s not run: it %s", inner.actor_name, inner.message_id,
-                "was cancelled" if note == CANCELLED_NOTE else f"already ended ({reply[5:]})",
-            )  # fmt: skip
-            raise SkipMessage(reply)
-        actor = broker.actors.get(inner.actor_name)
-        cooperative = bool(actor and actor.options.get("cancel_mode") == COOPERATIVE)
         delivery = {
             "message_id": inner.message_id,
             "actor": inner.actor_name,
             "queue": queue,
-            "number": number,
-            "attempt": reply,  # None: the store did not answer; the end goes to the latest
             "base": base,
             "start_ms": start_ms,
             "started": started,
@@ -355,14 +374,29 @@ class JobRecords(JobkitMiddleware):
             "store_results": bool(actor and actor.options.get("store_results")),
         }
         with _running_lock:
-            _running[threading.get_ident()] = delivery
-            # Cancelled since its claim, before it got here: it starts cancelled.
-            cancelled = inner.message_id in _unmatched_cancels
-            if cancelled:
-                del _unmatched_cancels[inner.message_id]
-                delivery["cancel"] = True
-        if cancelled and not cooperative:
-            raise JobCancelled(f"job {inner.message_id} was cancelled as it started")
+            if _held.get(inner.message_id) is held:
+                del _held[inner.message_id]
+            if held.cancelled and not isinstance(reply, str):
+                reply = CANCELLED  # cancelled since its claim: it never starts
+                sink.put(Event(EVENT, inner.message_id, inner.actor_name, queue, base + START,
+                               CANCELLED, _now_ms(), "before it ran"))  # fmt: skip
+            if not isinstance(reply, str):
+                _running[threading.get_ident()] = delivery
+        if isinstance(reply, str):
+            note = CANCELLED_NOTE if reply == CANCELLED else FINISHED_NOTE
+            outcomes.note(inner.message_id, note)
+            logger.info(
+                "job %s %s not run: it %s", inner.actor_name, inner.message_id,
+                "was cancelled" if note == CANCELLED_NOTE else f"already ended ({reply[5:]})",
+            )  # fmt: skip
+            raise SkipMessage(reply)
+        # What the job is goes with its start only if its send did not say (or is late).
+        fields = self._identity(broker, inner, start_ms) if reply != KNOWN else {}
+        fields[NEW_ATTEMPT] = json.dumps(
+            {"s": start_ms, "w": f"{HOST}:{os.getpid()}"}, separators=SEPARATORS
+        )
+        sink.put(Event(EVENT, inner.message_id, inner.actor_name, queue, base + START, RUNNING,
+                       start_ms, "", fields))  # fmt: skip
 
     def after_process_message(
         self,
@@ -416,8 +450,8 @@ class JobRecords(JobkitMiddleware):
         return {RESULT: encoded}
 
     def _attempt_fields(self, delivery: dict[str, Any]) -> dict[str, str]:
-        number = delivery["attempt"]
-        fields = {attempt_field(number): delivery["attempt_json"]}
+        # The latest attempt: its start went through this process's writer, just before.
+        fields = {LAST_ATTEMPT: delivery["attempt_json"]}
         progress = delivery.get("progress")
         if progress:
             fields[PROGRESS] = progress
@@ -479,21 +513,16 @@ class JobRecords(JobkitMiddleware):
     # -- cancelling ----------------------------------------------------------------
 
     def _on_cancel(self, job_id: str) -> None:
-        """A running job was cancelled: interrupt it here, or tell it (cooperative)."""
+        """A running or held job was cancelled: interrupt it here, or tell it (cooperative)."""
         with _running_lock:
-            found = False
             for thread, delivery in _running.items():
                 if delivery["message_id"] != job_id:
                     continue
-                found = True
                 # A job that has returned ends as it ended (after_process_message).
                 if not delivery.get("cancel") and delivery.get("interruptible", True):
                     delivery["cancel"] = True
                     if not delivery["cooperative"]:
                         raise_in_thread(thread, JobCancelled)
-            if found:
-                return
-            # Not running here (yet): claimed, about to start, or on another worker.
-            _unmatched_cancels[job_id] = None
-            if len(_unmatched_cancels) > UNMATCHED_CANCELS:
-                del _unmatched_cancels[next(iter(_unmatched_cancels))]
+            held = _held.get(job_id)
+            if held is not None:  # received here, not started: it never will
+                held.cancelled = True

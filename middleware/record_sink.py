@@ -18,15 +18,16 @@ STATES = (QUEUED, DELAYED, DEFERRED, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCE
 #: States a job does not leave: its record then expires after ``JOBKIT_JOB_TTL``.
 FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED, SKIPPED})
 
-#: Event kinds: a state change (with fields), a claim (a worker about to run the job,
-#: answered at once), a patch (fields of an existing record: progress, links).
+#: Event kinds: a state change (with fields), a claim (a worker took the job and will
+#: run it unless the answer says otherwise), a patch (fields of an existing record:
+#: progress, links).
 EVENT, CLAIM, PATCH = "e", "c", "p"
 
 # Record fields, short because every record repeats them (lua/job_records.lua has the rest).
 ACTOR, QUEUE, PRIORITY, ENQUEUED_AT, ARGS, GROUP = "ac", "qu", "pr", "eq", "ar", "gr"
 REPLAYED_FROM, REPLAYED_AS, PROGRESS = "rf", "ra", "pg"
 RESULT, RESULT_ERROR, DEAD_LETTER, REASON, UNIQUE_KEY = "rs", "re", "dl", "rn", "uk"
-#: A new attempt (numbered by the claim) and the latest one (its number unknown).
+#: A new attempt (numbered by the store) and the latest one.
 NEW_ATTEMPT, LAST_ATTEMPT = "at#", "at$"
 
 
@@ -75,9 +76,20 @@ class Event:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-#: A claim's answer: the attempt number to run, ``"cancelled"``, ``"done:<state>"``, or
-#: None when the store did not answer (the job runs; its record is best effort).
+#: A claim's answer: :data:`KNOWN` or :data:`UNKNOWN` (run it), ``"cancelled"``,
+#: ``"done:<state>"`` (do not), or None when the store did not answer (the job runs;
+#: its record is best effort).
 ClaimReply = int | str | None
+#: Run it; the record holds what the job is (its send wrote it) or not (its start says it).
+KNOWN, UNKNOWN = 1, 0
+
+
+class PendingClaim(Protocol):
+    """A claim handed to the store: its answer comes with a later batch."""
+
+    def wait(self, timeout: float) -> ClaimReply:
+        """The answer, or None if it did not come within ``timeout`` seconds."""
+        ...
 
 
 class RecordSink(Protocol):
@@ -87,8 +99,9 @@ class RecordSink(Protocol):
         """Hand over an event; it is written with the next batch."""
         ...
 
-    def claim(self, event: Event) -> ClaimReply:
-        """Record that a worker is starting the job, unless it was cancelled or finished."""
+    def claim(self, event: Event) -> PendingClaim:
+        """Mark the job as held by a worker, unless it was cancelled or finished meanwhile
+        (from then on a cancel is announced to the workers, as for a running job)."""
         ...
 
     def flush(self, timeout: float) -> bool:

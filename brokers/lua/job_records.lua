@@ -3,9 +3,10 @@
 -- Keys: one string per job, "jobkit:job:<id>", holding a JSON object with short keys
 -- (a small string costs far less memory than a hash whose values pass 64 bytes):
 --   st state, sq ordinal of the event that set it, sa ms it was entered, h history
---   ([ordinal, state, ms, note] entries), ru claims so far, at attempts by number
+--   ([ordinal, state, ms, note] entries), ru attempts so far, at attempts by number
 --   ({s start, e end, d duration ms, w "host:pid", o outcome, et/em/tb error}),
---   cx ms a cancel was asked, and the fields events set (middleware/record_sink.py).
+--   cx ms a cancel was asked, cl the ordinal of the claim of a worker that holds the
+--   job (received, not yet started), and the fields events set (middleware/record_sink.py).
 -- Sorted sets, member = job id, score = ms the job entered its state:
 --   jobkit:jobs:s:<state>, jobkit:jobs:a:<actor>:<state>;
 --   jobkit:jobs:g:<group> (score = ms sent): a group's or pipeline's jobs.
@@ -18,15 +19,18 @@
 -- ARGV[1] = "apply": ARGV[2] = TTL ms, then events of 9 + 2n items each:
 --   kind ("e" event, "c" claim, "p" patch of an existing record), id, actor, queue,
 --   ordinal, state ("" = none), ms, note, n, then n field/value pairs. A field named
---   "?x" is set only if absent; "at#" names a new attempt (numbered by the claim, else
---   counted here), "at:<n>" attempt n, "at$" the latest; attempts' values are JSON.
---   Returns one reply per claim: the attempt number, or "done:<state>" (a finished
---   job: do not run it again), or "cancelled" (a cancel came first: do not run it;
---   no attempt is added). A finished job's record takes no event from after its end
+--   "?x" is set only if absent; "at#" names a new attempt (counted here), "at:<n>"
+--   attempt n, "at$" the latest; attempts' values are JSON.
+--   A claim (a worker received the job) changes no state; it returns 1 (run it; the
+--   record knows the job) or 0 (run it; the job's start is to say what it is), or
+--   "done:<state>" (a finished job: do not run it again), or "cancelled" (a cancel came
+--   first: do not run it). A finished job's record takes no event from after its end
 --   and none it already has (a redelivery); a late one from before its end, yes.
+--   Each record is read once and written once per batch, whatever its events.
 -- ARGV[1] = "cancel": ARGV[2] = id, ARGV[3] = ms, ARGV[4] = channel, ARGV[5] = TTL ms.
---   Returns {"not_found"}, {"finished", state}, {"cancelling"} (running: the worker is
---   told on the channel) or {"cancelled", state} (it will never run; a unique job's
+--   Returns {"not_found"}, {"finished", state}, {"cancelling"} (running, or held by a
+--   worker that claimed it: the worker is told on the channel) or {"cancelled", state}
+--   (it will never run; a unique job's
 --   key, "jobkit:unique:<actor>:<uk>" (middleware/unique_jobs.py), is freed if it
 --   still holds the job's id).
 
@@ -70,6 +74,9 @@ local function enter(doc, id, state, ordinal, ms)
             trim[index] = true
         end
     end
+    if doc.cl and ordinal > doc.cl then
+        doc.cl = nil  -- the claimed delivery ran (or is to run again): no worker holds it
+    end
     doc.st, doc.sq, doc.sa = state, ordinal, ms
 end
 
@@ -106,21 +113,18 @@ local function apply_state(doc, id, ordinal, state, ms, note)
     return true
 end
 
--- attempt: the number a claim gave, 0 (count one here) or false (a refused claim: none).
-local function set_fields(doc, id, ms, first, count, attempt)
+local function set_fields(doc, id, ms, first, count)
     for j = first, first + 2 * count - 1, 2 do
         local field, value = ARGV[j], ARGV[j + 1]
-        if string.sub(field, 1, 2) == "at" and attempt == false then
-            -- a claim refused: the job does not run, so no attempt
-        elseif string.sub(field, 1, 2) == "at" then
-            local number = attempt
+        if string.sub(field, 1, 2) == "at" then
+            local number
             if field == "at$" then
                 number = doc.ru or 1
-            elseif field ~= "at#" then
-                number = tonumber(string.sub(field, 4))
-            elseif number == 0 then  -- a start recorded after an outage, unclaimed
+            elseif field == "at#" then
                 doc.ru = (doc.ru or 0) + 1
                 number = doc.ru
+            else
+                number = tonumber(string.sub(field, 4))
             end
             doc.at = doc.at or {}
             doc.at[tostring(number)] = cjson.decode(value)
@@ -155,7 +159,7 @@ if ARGV[1] == "cancel" then
     ttl = tonumber(ARGV[5])
     local key = P .. id
     local doc = load(key)
-    if not doc or not doc.st then
+    if not doc or not (doc.st or doc.cl) then
         return {"not_found"}
     end
     if TERMINAL[doc.st] then
@@ -163,7 +167,7 @@ if ARGV[1] == "cancel" then
     end
     doc.cx = ms
     local was = doc.st
-    if was == "running" then
+    if was == "running" or doc.cl then
         save(key, doc)
         redis.call("publish", channel, id)
         return {"cancelling"}
@@ -182,6 +186,23 @@ end
 
 ttl = tonumber(ARGV[2])
 local replies = {}
+-- Records read in this batch (false: none), and those changed, in the order changed.
+local docs, changed, order = {}, {}, {}
+local function fetch(id)
+    local doc = docs[id]
+    if doc == nil then
+        doc = load(P .. id) or false
+        docs[id] = doc
+    end
+    return doc or nil
+end
+local function keep(id, doc)
+    docs[id] = doc
+    if not changed[id] then
+        changed[id] = true
+        table.insert(order, id)
+    end
+end
 local i = 3
 while i <= #ARGV do
     local kind, id, actor, queue = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
@@ -189,12 +210,32 @@ while i <= #ARGV do
     local count = tonumber(ARGV[i + 8])
     local first = i + 9
     i = first + 2 * count
-    local key = P .. id
-    local doc = load(key)
+    local doc = fetch(id)
     if kind == "p" then
         if doc then
-            set_fields(doc, id, ms, first, count, 0)
-            save(key, doc)
+            set_fields(doc, id, ms, first, count)
+            keep(id, doc)
+        end
+    elseif kind == "c" then
+        -- Refused as done if it was cancelled, or finished at or after this delivery's
+        -- point (the same message given back); a later delivery runs, never dropped.
+        if doc and doc.st and TERMINAL[doc.st] and ((doc.sq or 0) >= ordinal or doc.cx) then
+            table.insert(replies, "done:" .. doc.st)
+        elseif doc and doc.cx then
+            apply_state(doc, id, ordinal + 1, "cancelled", ms, "before it ran")
+            keep(id, doc)
+            table.insert(replies, "cancelled")
+        else
+            -- No record yet: sent unrecorded, or its send's batch comes after this claim;
+            -- the claim starts one, so that a cancel from now on reaches the worker.
+            table.insert(replies, doc and doc.eq and 1 or 0)
+            doc = doc or {}
+            if doc.ac == nil then
+                doc.ac, doc.qu = actor, queue
+                redis.call("hset", I .. "actors", actor, queue)
+            end
+            doc.cl = ordinal
+            keep(id, doc)
         end
     else
         doc = doc or {}
@@ -203,32 +244,20 @@ while i <= #ARGV do
             doc.ac, doc.qu = actor, queue
             redis.call("hset", I .. "actors", actor, queue)
         end
-        if kind == "c" then
-            -- Refused as done if it was cancelled, or finished at or after this delivery's
-            -- point (the same message given back); a later delivery runs, never dropped.
-            if doc.st and TERMINAL[doc.st] and ((doc.sq or 0) >= ordinal or doc.cx) then
-                table.insert(replies, "done:" .. doc.st)
-            elseif doc.cx then
-                set_fields(doc, id, ms, first, count, false)
-                apply_state(doc, id, ordinal + 1, "cancelled", ms, "before it ran")
-                table.insert(replies, "cancelled")
-            else
-                doc.ru = (doc.ru or 0) + 1
-                set_fields(doc, id, ms, first, count, doc.ru)
-                apply_state(doc, id, ordinal, state, ms, note)
-                table.insert(replies, doc.ru)
-            end
-        elseif state == "" then
-            set_fields(doc, id, ms, first, count, 0)
+        if state == "" then
+            set_fields(doc, id, ms, first, count)
         elseif not ignored(doc, ordinal, state) then
-            set_fields(doc, id, ms, first, count, 0)
+            set_fields(doc, id, ms, first, count)
             if apply_state(doc, id, ordinal, state, ms, note) and doc.cx and WAITING[state] then
                 -- Cancelled as its attempt ended, and it was to run again: it never will.
                 apply_state(doc, id, ordinal, "cancelled", ms, "before it ran")
             end
         end
-        save(key, doc)
+        keep(id, doc)
     end
+end
+for _, id in ipairs(order) do
+    save(P .. id, docs[id])
 end
 if next(trim) and ttl > 0 then
     local clock = redis.call("time")

@@ -71,7 +71,9 @@ class DeadLetteringConsumer(RabbitmqConsumerBase):
             return None
         with self._settle_lock:
             self.known_tags.add(method.delivery_tag)
-        return RabbitmqDelivery(method.redelivered, method.delivery_tag, message)
+        delivery = RabbitmqDelivery(method.redelivered, method.delivery_tag, message)
+        self.broker.emit_after("receive", delivery)
+        return delivery
 
     def ack(self, message: MessageProxy) -> None:
         self._settle_known(message, ack=True)

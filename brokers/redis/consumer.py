@@ -112,7 +112,9 @@ class PriorityRedisConsumer(RedisConsumerBase):
                 self.queued_message_ids.add(message.message_id)
                 if self._is_delay_queue:
                     self.held[message.message_id] = fetched_triple
-                return RedisMessage(message, redelivered=redeliveries > 0)
+                received = RedisMessage(message, redelivered=redeliveries > 0)
+                self.broker.emit_after("receive", received)
+                return received
         except (redis.ConnectionError, redis.TimeoutError) as error:
             raise ConnectionClosed(error) from None
 
