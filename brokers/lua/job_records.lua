@@ -16,9 +16,9 @@
 -- trimmed by score as later jobs finish, and every actor's once a minute
 -- (jobkit:jobs:swept). Unfinished jobs' strings never expire.
 --
--- ARGV[1] = "apply": ARGV[2] = TTL ms, then events of 9 + 2n items each:
---   kind ("e" event, "c" claim, "p" patch of an existing record), id, actor, queue,
---   ordinal, state ("" = none), ms, note, n, then n field/value pairs. A field named
+-- ARGV[1] = "apply": ARGV[2] = TTL ms, then one JSON array an event: kind ("e" event,
+--   "c" claim, "p" patch of an existing record), id, actor, queue, ordinal, state
+--   ("" = none), ms, note, {field: value} (string values). A field named
 --   "?x" is set only if absent; "at#" names a new attempt (counted here), "at:<n>"
 --   attempt n, "at$" the latest; attempts' values are JSON.
 --   A claim (a worker received the job) changes no state; it returns 1 (run it; the
@@ -113,9 +113,8 @@ local function apply_state(doc, id, ordinal, state, ms, note)
     return true
 end
 
-local function set_fields(doc, id, ms, first, count)
-    for j = first, first + 2 * count - 1, 2 do
-        local field, value = ARGV[j], ARGV[j + 1]
+local function set_fields(doc, id, ms, fields)
+    for field, value in pairs(fields) do
         if string.sub(field, 1, 2) == "at" then
             local number
             if field == "at$" then
@@ -203,17 +202,14 @@ local function keep(id, doc)
         table.insert(order, id)
     end
 end
-local i = 3
-while i <= #ARGV do
-    local kind, id, actor, queue = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-    local ordinal, state, ms, note = tonumber(ARGV[i + 4]), ARGV[i + 5], tonumber(ARGV[i + 6]), ARGV[i + 7]
-    local count = tonumber(ARGV[i + 8])
-    local first = i + 9
-    i = first + 2 * count
+for i = 3, #ARGV do
+    local event = cjson.decode(ARGV[i])
+    local kind, id, actor, queue = event[1], event[2], event[3], event[4]
+    local ordinal, state, ms, note, fields = event[5], event[6], event[7], event[8], event[9]
     local doc = fetch(id)
     if kind == "p" then
         if doc then
-            set_fields(doc, id, ms, first, count)
+            set_fields(doc, id, ms, fields)
             keep(id, doc)
         end
     elseif kind == "c" then
@@ -245,9 +241,9 @@ while i <= #ARGV do
             redis.call("hset", I .. "actors", actor, queue)
         end
         if state == "" then
-            set_fields(doc, id, ms, first, count)
+            set_fields(doc, id, ms, fields)
         elseif not ignored(doc, ordinal, state) then
-            set_fields(doc, id, ms, first, count)
+            set_fields(doc, id, ms, fields)
             if apply_state(doc, id, ordinal, state, ms, note) and doc.cx and WAITING[state] then
                 -- Cancelled as its attempt ended, and it was to run again: it never will.
                 apply_state(doc, id, ordinal, "cancelled", ms, "before it ran")
