@@ -9,8 +9,8 @@ says why a job is dead-lettered, with the retry limit Retries itself applies.
 
 from __future__ import annotations
 
-import threading
 import time
+from threading import get_ident
 
 import dramatiq.middleware
 from dramatiq import Broker, Message
@@ -26,24 +26,31 @@ RATE_LIMITED = "rate_limited"
 #: What an enqueue is (:func:`enqueue_kind`).
 SENT, RETRY, DEFERRAL, DUE, REPLAY = "sent", "retry", "deferral", "due", "replay"
 
-_notes: dict[str, str] = {}
-_lock = threading.Lock()
+# Worker thread id -> (message id, outcome) of the delivery it handles. Per thread, not
+# per message id: another delivery of the same message (a short deferral come due) may
+# run in another thread meanwhile, and must not read or pop this one's note.
+_notes: dict[int, tuple[str, str]] = {}
 
 
 def note(message_id: str, outcome: str) -> None:
-    with _lock:
-        _notes[message_id] = outcome
+    """Say why this thread's delivery of ``message_id`` ends as it does."""
+    _notes[get_ident()] = (message_id, outcome)
 
 
 def peek(message_id: str) -> str | None:
-    return _notes.get(message_id)
+    """This thread's note on ``message_id``, if any."""
+    noted = _notes.get(get_ident())
+    return noted[1] if noted is not None and noted[0] == message_id else None
 
 
 def pop(message_id: str) -> str | None:
-    if message_id not in _notes:  # every ack comes here; most messages have no note
+    """This thread's note on ``message_id``, forgotten (the delivery has ended)."""
+    thread = get_ident()
+    noted = _notes.get(thread)
+    if noted is None or noted[0] != message_id:  # every ack comes here; most have no note
         return None
-    with _lock:
-        return _notes.pop(message_id, None)
+    del _notes[thread]
+    return noted[1]
 
 
 def enqueue_kind(message: Message, delay: int | None) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import dramatiq
 from dramatiq import Message
 from dramatiq.brokers.stub import StubBroker
@@ -57,3 +59,22 @@ def test_without_retries_in_the_stack_no_limit_is_reached() -> None:
     broker = StubBroker(middleware=[])
     dramatiq.actor(lambda: None, broker=broker, actor_name="job", queue_name="jobkit-test")
     assert outcomes.dead_letter_reason(broker, _message(retries=50), ValueError()) == "not_retried"
+
+
+def test_a_note_belongs_to_the_delivery_in_the_thread_that_made_it() -> None:
+    """Another delivery of the same message (a short deferral come due), in another worker
+    thread, neither reads nor pops it: it would record a running job as deferred or skipped."""
+    outcomes.note("m-1", outcomes.DEFERRED)
+    seen: list[str | None] = []
+
+    def other_delivery() -> None:
+        seen.append(outcomes.peek("m-1"))
+        seen.append(outcomes.pop("m-1"))
+
+    thread = threading.Thread(target=other_delivery)
+    thread.start()
+    thread.join()
+    assert seen == [None, None]
+    assert outcomes.peek("m-2") is None  # this thread's note is on m-1 only
+    assert outcomes.pop("m-1") == outcomes.DEFERRED
+    assert outcomes.peek("m-1") is None
