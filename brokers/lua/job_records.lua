@@ -40,8 +40,21 @@ local WAITING = {queued = true, delayed = true, deferred = true, retrying = true
 local ttl = 0
 local trim = {}
 
+-- Index names by actor and state, built once a call (most batches are one actor's jobs).
+local names = {}
 local function indexes(doc, state)
-    return {I .. "s:" .. state, I .. "a:" .. (doc.ac or "") .. ":" .. state}
+    local actor = doc.ac or ""
+    local by_actor = names[actor]
+    if by_actor == nil then
+        by_actor = {}
+        names[actor] = by_actor
+    end
+    local pair = by_actor[state]
+    if pair == nil then
+        pair = {I .. "s:" .. state, I .. "a:" .. actor .. ":" .. state}
+        by_actor[state] = pair
+    end
+    return pair
 end
 
 local function load(key)
@@ -202,6 +215,14 @@ local function keep(id, doc)
         table.insert(order, id)
     end
 end
+-- The queue of each actor seen (jobkit:jobs:actors), written once a call.
+local actors = {}
+local function note_actor(actor, queue)
+    if actors[actor] ~= queue then
+        actors[actor] = queue
+        redis.call("hset", I .. "actors", actor, queue)
+    end
+end
 for i = 3, #ARGV do
     local event = cjson.decode(ARGV[i])
     local kind, id, actor, queue = event[1], event[2], event[3], event[4]
@@ -228,7 +249,7 @@ for i = 3, #ARGV do
             doc = doc or {}
             if doc.ac == nil then
                 doc.ac, doc.qu = actor, queue
-                redis.call("hset", I .. "actors", actor, queue)
+                note_actor(actor, queue)
             end
             doc.cl = ordinal
             keep(id, doc)
@@ -238,7 +259,7 @@ for i = 3, #ARGV do
         -- Index keys need the actor and queue, whichever event comes first.
         if doc.ac == nil then
             doc.ac, doc.qu = actor, queue
-            redis.call("hset", I .. "actors", actor, queue)
+            note_actor(actor, queue)
         end
         if state == "" then
             set_fields(doc, id, ms, fields)
