@@ -50,7 +50,7 @@ from middleware.record_sink import (
     PendingClaim,
 )
 
-from .id_prefixes import MIN_PREFIX, UnknownId, match_pattern, resolve_id
+from .id_prefixes import MIN_PREFIX, UnknownId, resolve_id
 from .record_writer import RecordWriter
 
 logger = logging.getLogger("jobkit.job_records")
@@ -63,22 +63,8 @@ CANCEL_CHANNEL = "jobkit:jobs:cancel"
 LISTING = "jobkit jobs list"
 _SCRIPT = (Path(__file__).parent / "lua" / "job_records.lua").read_text()
 _WAIT_FIRST_S, _WAIT_MAX_S = 0.02, 0.5
-#: Newest jobs of each state searched first for an id prefix (:meth:`JobRecordStore.resolve`).
-RECENT = 10_000
-#: Characters of the short ids listings show (``jobkit.output``'s ``SHORT_ID``).
-SHORT_ID = 8
-# The ids among the newest ARGV[2] of each index (KEYS) that start with ARGV[1].
-_RECENT_SCRIPT = """
-local prefix, found = ARGV[1], {}
-for _, key in ipairs(KEYS) do
-    for _, id in ipairs(redis.call("zrevrange", key, 0, tonumber(ARGV[2]) - 1)) do
-        if string.sub(id, 1, #prefix) == prefix then
-            table.insert(found, id)
-        end
-    end
-end
-return found
-"""
+#: Buckets of ids by their first ``MIN_PREFIX`` characters (lua/job_records.lua).
+PREFIXES = INDEX + "p:"
 
 
 class JobRecordError(JobkitError):
@@ -195,7 +181,6 @@ class JobRecordStore:
         self.client = client
         self.ttl_ms = ttl_ms
         self._script = client.register_script(_SCRIPT)
-        self._recent = client.register_script(_RECENT_SCRIPT)
         self.writer = RecordWriter(self._apply)
         self._watcher: threading.Thread | None = None
         self._watching = threading.Event()
@@ -253,12 +238,14 @@ class JobRecordStore:
         failing = False
         while self._watching.is_set():
             try:
-                with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                pool = self.client.connection_pool
+                with _CountingPubSub(pool, ignore_subscribe_messages=True) as pubsub:
                     pubsub.subscribe(self.channel)
                     # A cancel announced before this subscription (boot, reconnect) is
                     # in the record: look at the jobs running here once subscribed.
                     for job_id in self.cancelled_among(running()):
                         on_cancel(job_id)
+                    seen = pubsub.connects
                     if failing:
                         logger.warning("job records: cancel announcements are received again")
                         failing = False
@@ -266,6 +253,10 @@ class JobRecordStore:
                         item = pubsub.get_message(timeout=1.0)
                         if item is not None and item.get("type") == "message":
                             on_cancel(item["data"].decode())
+                        if pubsub.connects != seen:  # subscribed again after a lost connection
+                            seen = pubsub.connects
+                            for job_id in self.cancelled_among(running()):
+                                on_cancel(job_id)
             except redis.RedisError as error:
                 if not failing:
                     logger.warning(
@@ -295,27 +286,24 @@ class JobRecordStore:
     def resolve(self, prefix: str) -> str:
         """The id of the one job whose id is or starts with ``prefix`` (git-style).
 
-        Ids come from listings, which show recent jobs: the newest ``RECENT`` of each
-        state are searched first, in the store; a prefix of 8 characters or more (the
-        listings' short ids) that names one of them is taken (another job sharing 32
-        bits of a random id is a one-in-four-billion chance per job). Otherwise every
-        id is scanned: seconds with a million records.
+        A prefix (at least ``MIN_PREFIX`` characters) is looked up in the bucket of ids
+        sharing its first four (a hash of a few dozen fields at a million jobs); an id
+        whose record has expired and whose entry is not trimmed yet does not count.
         """
         if self.client.exists(RECORD + prefix):
             return prefix
-        found: set[str] = set()
+        found: list[str] = []
         if len(prefix) >= MIN_PREFIX:
-            keys = [f"{INDEX}s:{state}" for state in STATES]
-            recent = self._recent(keys=keys, args=[prefix, RECENT])
-            found = {member.decode() for member in recent}
-            if len(found) != 1 or len(prefix) < SHORT_ID:
-                for key in keys:
-                    for member, _score in self.client.zscan_iter(
-                        key, match=match_pattern(prefix), count=1000
-                    ):
-                        found.add(member.decode())
+            bucket, rest = prefix[:MIN_PREFIX], prefix[MIN_PREFIX:]
+            rests = cast("list[bytes]", self.client.hkeys(f"{PREFIXES}{bucket}"))
+            found = [bucket + r.decode() for r in rests if r.decode().startswith(rest)]
+            if found:
+                alive = self.client.pipeline(transaction=False)
+                for job_id in found:
+                    alive.exists(RECORD + job_id)
+                found = [i for i, ok in zip(found, alive.execute(), strict=True) if ok]
         try:
-            return resolve_id(prefix, sorted(found), what="job", listing=LISTING)
+            return resolve_id(prefix, found, what="job", listing=LISTING)
         except UnknownId as error:
             raise UnknownJob(str(error)) from None
 
@@ -457,6 +445,20 @@ def _failure_line(record: JobRecord) -> str:
         where = f"; dead letter {record.dead_letter}" if record.dead_letter else ""
         return f"job {record.id} failed ({record.reason or 'failed'}){error}{where}"
     return f"job {record.id} was {record.state}"
+
+
+class _CountingPubSub(redis.client.PubSub):
+    """A subscription that counts its reconnections.
+
+    redis-py reconnects a subscription by itself and subscribes again, without an
+    error: what was announced meanwhile is lost, and only the records tell.
+    """
+
+    connects = 0
+
+    def on_connect(self, connection: Any) -> None:
+        super().on_connect(connection)
+        self.connects += 1
 
 
 def _record(job_id: str, raw: bytes) -> JobRecord:

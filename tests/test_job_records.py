@@ -284,15 +284,24 @@ def test_a_cancel_announced_while_the_worker_was_not_listening_still_stops_the_j
     with worker(real_broker):
         assert wait_until(lambda: records.get(message.message_id).state == "running", 20)  # type: ignore[union-attr]
         # The worker's subscription drops (this test's database's only: other tests' workers
-        # share the server); the announcement is published to no one.
+        # share the server) and the cancel comes in the same transaction: the announcement
+        # is published to no one, before redis-py can reconnect and subscribe again.
         db = int(records.client.connection_pool.connection_kwargs.get("db", 0))
-        listening = records.client.client_list(_type="pubsub")
-        mine = [client["id"] for client in listening if int(client["db"]) == db]
-        assert mine
-        for client_id in mine:
-            records.client.client_kill_filter(_id=client_id)
-        [outcome] = records.cancel([message.message_id])
-        assert outcome.outcome == "cancelling"
+
+        def subscribers() -> list[str]:  # the worker subscribes once booted, in its own time
+            listening = records.client.client_list(_type="pubsub")
+            return [client["id"] for client in listening if int(client["db"]) == db]
+
+        assert wait_until(subscribers, 10)
+        mine = subscribers()
+        now = int(time.time() * 1000)
+        with records.client.pipeline(transaction=True) as both:
+            for client_id in mine:
+                both.client_kill_filter(_id=client_id)
+            cancel = ["cancel", message.message_id, now, records.channel, records.ttl_ms]
+            records._script(args=cancel, client=both)
+            *_, outcome = both.execute()
+        assert outcome == [b"cancelling"]
         # Once subscribed again, the worker finds the cancel in the record.
         record = finished(records, message.message_id, timeout=15)
     assert record.state == "cancelled"
@@ -306,7 +315,7 @@ def test_an_id_is_found_from_a_unique_prefix_and_an_ambiguous_one_is_refused(
         records.put(Event("e", job_id, "a", "q", ordinal(1, 0, 0), "queued", n + 1))
     records.flush()
     assert records.resolve("abce9999") == "abce9999-0000"  # a listing's short id
-    assert records.resolve("abce") == "abce9999-0000"  # shorter: every id is scanned
+    assert records.resolve("abce") == "abce9999-0000"  # the shortest prefix taken
     assert records.resolve("abcd1234-1") == "abcd1234-1111"
     with pytest.raises(AmbiguousId, match="2 jobs have ids starting 'abcd1234'"):
         records.resolve("abcd1234")
@@ -327,3 +336,27 @@ def test_a_later_delivery_of_a_job_recorded_as_finished_still_runs(
     assert records.claim(Event("c", *at, ordinal(1, 0, 3), "", 3)).wait(5) == "done:skipped"
     # Run it (its record does not say what the job is: the start is to say it).
     assert records.claim(Event("c", *at, ordinal(1, 1, 3), "", 4)).wait(5) == UNKNOWN
+
+
+def test_a_prefix_is_one_small_read_and_an_expired_job_is_not_found_by_it(
+    records: JobRecordStore,
+) -> None:
+    """Ids are kept in buckets by their first 4 characters; a finished job's entry goes
+    with its index entry once its record has expired."""
+    client = records.client
+    old_id, new_id = "beef0000-0000", "beef0000-1111"
+    now = int(time.time() * 1000)
+    for job_id in (old_id, new_id):
+        records.put(Event("e", job_id, "a", "q", ordinal(1, 0, 0), "queued", now))
+        records.put(Event("e", job_id, "a", "q", ordinal(1, 0, 4), "succeeded", now))
+    records.flush()
+    assert client.hlen("jobkit:jobs:p:beef") == 2
+    # The old one finished two days ago: past the 24 h TTL, its record has expired.
+    client.zadd("jobkit:jobs:s:succeeded", {old_id: now - 2 * 86_400_000})
+    client.delete("jobkit:job:" + old_id)
+    assert records.resolve("beef0000") == new_id  # the expired one does not count
+    # The next finished job trims the expired entries, the prefix entry with them.
+    records.put(Event("e", "feed0000", "a", "q", ordinal(1, 0, 4), "succeeded", now))
+    records.flush()
+    assert client.zscore("jobkit:jobs:s:succeeded", old_id) is None
+    assert client.hkeys("jobkit:jobs:p:beef") == [b"0000-1111"]

@@ -12,6 +12,10 @@
 --   jobkit:jobs:g:<group> (score = ms sent): a group's or pipeline's jobs.
 -- jobkit:jobs:actors (hash actor -> queue): an actor's jobs all go to its queue, so a
 -- queue's jobs are its actors' (one index entry less per job: a third of its memory).
+-- jobkit:jobs:p:<first 4 characters of the id> (hash: the rest of the id -> ""): the
+-- ids by prefix, so that a prefix is one small read (a few dozen fields a bucket at a
+-- million jobs, each about 40 bytes); a field goes when its job's finished index entry
+-- is trimmed.
 -- A finished job's string expires after the TTL (0: never); its index entries are
 -- trimmed by score as later jobs finish, and every actor's once a minute
 -- (jobkit:jobs:swept). Unfinished jobs' strings never expire.
@@ -158,10 +162,31 @@ local function set_fields(doc, id, ms, fields)
     end
 end
 
+-- The id-prefix bucket of a job (see above): the first 4 characters, and the rest.
+local function prefix_entry(id)
+    return I .. "p:" .. string.sub(id, 1, 4), string.sub(id, 5)
+end
+
+-- Index entries of expired records go; with those of a state index (each job has one),
+-- their ids' prefix entries, at most TRIM_CHUNK a call and index (the rest next time).
+local TRIM_CHUNK = 1000
 local function trim_indexes(now)
-    if ttl > 0 then
-        for index in pairs(trim) do
-            redis.call("zremrangebyscore", index, "-inf", "(" .. (now - ttl))
+    if ttl <= 0 then
+        return
+    end
+    local cutoff = "(" .. (now - ttl)
+    for index in pairs(trim) do
+        if string.sub(index, #I + 1, #I + 2) == "s:" then
+            local gone = redis.call("zrangebyscore", index, "-inf", cutoff, "limit", 0, TRIM_CHUNK)
+            if #gone > 0 then
+                redis.call("zrem", index, unpack(gone))
+                for _, id in ipairs(gone) do
+                    local bucket, rest = prefix_entry(id)
+                    redis.call("hdel", bucket, rest)
+                end
+            end
+        else
+            redis.call("zremrangebyscore", index, "-inf", cutoff)
         end
     end
 end
@@ -223,6 +248,13 @@ local function note_actor(actor, queue)
         redis.call("hset", I .. "actors", actor, queue)
     end
 end
+-- A record's first event: what its index keys need, and its id's prefix entry.
+local function start_record(doc, id, actor, queue)
+    doc.ac, doc.qu = actor, queue
+    note_actor(actor, queue)
+    local bucket, rest = prefix_entry(id)
+    redis.call("hset", bucket, rest, "")
+end
 for i = 3, #ARGV do
     local event = cjson.decode(ARGV[i])
     local kind, id, actor, queue = event[1], event[2], event[3], event[4]
@@ -248,8 +280,7 @@ for i = 3, #ARGV do
             table.insert(replies, doc and doc.eq and 1 or 0)
             doc = doc or {}
             if doc.ac == nil then
-                doc.ac, doc.qu = actor, queue
-                note_actor(actor, queue)
+                start_record(doc, id, actor, queue)
             end
             doc.cl = ordinal
             keep(id, doc)
@@ -258,8 +289,7 @@ for i = 3, #ARGV do
         doc = doc or {}
         -- Index keys need the actor and queue, whichever event comes first.
         if doc.ac == nil then
-            doc.ac, doc.qu = actor, queue
-            note_actor(actor, queue)
+            start_record(doc, id, actor, queue)
         end
         if state == "" then
             set_fields(doc, id, ms, fields)
@@ -286,6 +316,9 @@ if next(trim) and ttl > 0 then
             for state in pairs(TERMINAL) do
                 trim[I .. "a:" .. actor .. ":" .. state] = true
             end
+        end
+        for state in pairs(TERMINAL) do  -- and each state's, whose prefix entries go too
+            trim[I .. "s:" .. state] = true
         end
     end
     trim_indexes(now)
