@@ -467,7 +467,9 @@ def _record(job_id: str, raw: bytes) -> JobRecord:
     # Stable sort by ordinal: events of one job may have been written out of order.
     entries = sorted(doc.get("h", []), key=lambda entry: entry[0])
     history = []
-    for _step, entered, ms, note in entries:
+    for entry in entries:
+        entered, ms = entry[1], entry[2]
+        note = entry[3] if len(entry) > 3 else ""
         due = int(note) if isinstance(note, str) and note.isdigit() else None
         history.append(StateChange(entered, iso_ms(ms), iso_ms(due), None if due else note or None))
     runs = int(doc.get("ru", 0))
@@ -499,7 +501,8 @@ def _record(job_id: str, raw: bytes) -> JobRecord:
         state=state,
         actor=doc.get(ACTOR),
         queue=doc.get(QUEUE),
-        priority=doc.get(PRIORITY),
+        # Its send leaves "normal" out (every record would repeat it).
+        priority=doc.get(PRIORITY) or ("normal" if ENQUEUED_AT in doc else None),
         args=json.loads(doc[ARGS]) if ARGS in doc else None,
         enqueued_at=iso_ms(int(doc[ENQUEUED_AT])) if ENQUEUED_AT in doc else None,
         state_at=iso_ms(doc.get("sa")),

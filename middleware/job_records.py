@@ -304,9 +304,11 @@ class JobRecords(JobkitMiddleware):
         fields = {
             once(ACTOR): message.actor_name,
             once(QUEUE): q_name(message.queue_name),
-            once(PRIORITY): str(options.get("priority", "normal")),
             once(ENQUEUED_AT): str(options.get("enqueued_at") or message.message_timestamp or now),
         }
+        priority = options.get("priority", "normal")
+        if priority != "normal":  # the store reads "normal" when it is left out
+            fields[once(PRIORITY)] = str(priority)
         if message.args or message.kwargs:
             actor = broker.actors.get(message.actor_name)
             arguments = self.redactor.arguments(

@@ -3,7 +3,7 @@
 -- Keys: one string per job, "jobkit:job:<id>", holding a JSON object with short keys
 -- (a small string costs far less memory than a hash whose values pass 64 bytes):
 --   st state, sq ordinal of the event that set it, sa ms it was entered, h history
---   ([ordinal, state, ms, note] entries), ru attempts so far, at attempts by number
+--   ([ordinal, state, ms, note] entries, no note when empty), ru attempts so far, at attempts by number
 --   ({s start, e end, d duration ms, w "host:pid", o outcome, et/em/tb error}),
 --   cx ms a cancel was asked, cl the ordinal of the claim of a worker that holds the
 --   job (received, not yet started), and the fields events set (middleware/record_sink.py).
@@ -119,7 +119,8 @@ end
 -- true when it did.
 local function apply_state(doc, id, ordinal, state, ms, note)
     doc.h = doc.h or {}
-    table.insert(doc.h, {ordinal, state, ms, note})
+    -- [ordinal, state, ms, note], the note left out when empty (most are; memory)
+    table.insert(doc.h, note ~= "" and {ordinal, state, ms, note} or {ordinal, state, ms})
     if doc.st and TERMINAL[doc.st] then
         return false
     end
