@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from middleware.record_sink import CLAIM, ClaimReply, Event
+from middleware.record_sink import ClaimReply, Event
 
 logger = logging.getLogger("jobkit.job_records")
 
@@ -168,13 +168,11 @@ class RecordWriter:
                     f" ({self._dropped} events were dropped meanwhile)" if self._dropped else "",
                 )
                 self._dropped = 0
-            answers = iter(replies)
-            for event, waiter in batch:
+            answers = iter(replies)  # one a claim, in order; every claim has its waiter
+            for _event, waiter in batch:
                 if waiter is not None:
                     waiter.reply = next(answers, None)
                     waiter.done.set()
-                elif event.kind == CLAIM:
-                    next(answers, None)  # nobody waits for it any more
             with self._lock:
                 self._writing = 0
                 if not self._pending:
